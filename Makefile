@@ -1,0 +1,48 @@
+# Two commands on a fresh machine: `make demo` serves the demo, `make test` runs everything.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+TYPECHECK := build/typecheck
+
+.PHONY: demo test lint typecheck pytest chromium bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,prometheus,otel]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+demo: $(STAMP)
+	$(PY) -m aiowt.transport.cli run examples.echo:server --self-signed
+
+# Debian's Chromium for the browser tests (root on CI; skipped where apt is absent).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if command -v apt-get >/dev/null 2>&1; then \
+	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	  else echo "no apt-get: browser tests will be skipped"; fi; }
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check actors middleware transport tests examples bench
+	$(VENV)/bin/ruff format --check actors middleware transport tests examples bench
+
+# mypy sees the three folders as the aiowt.* packages through a tree of links.
+typecheck: $(STAMP)
+	mkdir -p $(TYPECHECK)/aiowt
+	for pkg in actors middleware transport; do ln -sfn $(CURDIR)/$$pkg $(TYPECHECK)/aiowt/$$pkg; done
+	cd $(TYPECHECK) && MYPYPATH=. $(CURDIR)/$(VENV)/bin/mypy --strict --config-file $(CURDIR)/pyproject.toml \
+	  -p aiowt.actors -p aiowt.middleware -p aiowt.transport
+
+pytest: $(STAMP) chromium
+	$(PY) -m pytest -q
+
+test: lint typecheck pytest
+
+bench: $(STAMP)
+	$(PY) -m bench
+
+clean:
+	rm -rf $(VENV) build

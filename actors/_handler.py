@@ -1,0 +1,261 @@
+"""`Handler`: the session actor users subclass, one instance per WebTransport session."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any, ClassVar
+
+import pykka
+import structlog
+
+from aiowt.transport.codes import CloseCode
+from aiowt.transport.context import CloseInfo, SessionContext
+from aiowt.transport.errors import PeerError
+from aiowt.transport.framing import FrameDecoder, decode_message
+from aiowt.transport.session import Session, Stream
+
+from ._runtime import LoopActor
+from .messages import (
+    DatagramReceived,
+    SessionClosed,
+    SessionDraining,
+    StreamDataReceived,
+    StreamOpened,
+    StreamReset,
+)
+
+__all__ = ["Handler", "run_session"]
+
+log = structlog.get_logger("aiowt.session")
+
+
+class Handler(LoopActor):
+    """Base class of handler actors.
+
+    The server starts one instance per accepted session, as `cls.start(ctx, session)`
+    (override `__init__` with the same two arguments and call `super().__init__`). Every
+    hook is an `async def` run inside the actor, one event at a time, so the handler's
+    own state needs no locks. Hooks:
+
+    - `on_start()`, then traffic: `on_datagram(data)`, `on_stream(stream)`,
+      `on_stream_data(stream, data, end_stream)`, `on_stream_end(stream)`,
+      `on_stream_reset(stream, code)`, `on_message(message, stream)`,
+      `on_peer_error(error, stream)`, `on_draining()`; last `on_stop()` with
+      `self.close_info` set.
+    - By default `on_datagram` decodes one msgpack object per datagram and
+      `on_stream_data` decodes length-prefixed msgpack frames, each handed to
+      `on_message` (`stream` is `None` for a datagram). Override them for raw bytes.
+    - Any other message sent to the actor (by `tell`/`ask`, from rooms or other
+      actors) goes to pykka's `on_receive`.
+
+    An exception in a hook closes this session with `CloseCode.INTERNAL_ERROR`, is
+    logged, and is reported to the middleware chain; no other session notices.
+    """
+
+    register_globally: ClassVar[bool] = False
+    """Session actors stay out of pykka's list-based registry (O(n) unregister)."""
+
+    def __init__(self, ctx: SessionContext, session: Session) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.session = session
+        self.close_info: CloseInfo | None = None
+        self.failure: BaseException | None = None
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._decoders: dict[int, FrameDecoder] = {}
+        self._outbound: Stream | None = None
+        self._on_stop_ran = False
+
+    # --- the API for sending ---------------------------------------------------------------
+    def send_datagram(self, data: bytes) -> None:
+        self.session.send_datagram(data)
+
+    def send_datagram_message(self, message: Any) -> None:
+        self.session.send_datagram_message(message)
+
+    def open_stream(self, *, unidirectional: bool = False) -> Stream:
+        return self.session.open_stream(unidirectional=unidirectional)
+
+    def send_message(self, message: Any, stream: Stream | None = None) -> None:
+        """Send a msgpack frame on `stream`, or on this session's outbound message stream.
+
+        The outbound message stream is one server-opened unidirectional stream, opened on
+        first use and kept for the session's life, so messages keep their order.
+        """
+        if stream is None:
+            if self._outbound is None or not self._outbound.writable:
+                self._outbound = self.session.open_stream(unidirectional=True)
+            stream = self._outbound
+        stream.send_message(message)
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        self.session.close(code, reason)
+
+    # --- hooks -------------------------------------------------------------------------------
+    async def on_start(self) -> None:  # type: ignore[override]
+        pass
+
+    async def on_stop(self) -> None:  # type: ignore[override]
+        pass
+
+    async def on_datagram(self, data: bytes) -> None:
+        await self.on_message(decode_message(data, max_size=self.session.max_message_size), None)
+
+    async def on_stream(self, stream: Stream) -> None:
+        pass
+
+    async def on_stream_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        decoder = self._decoders.get(stream.stream_id)
+        if decoder is None:
+            decoder = self._decoders[stream.stream_id] = FrameDecoder(self.session.max_message_size)
+        try:
+            for message in decoder.feed(data):
+                await self.on_message(message, stream)
+            if end_stream:
+                decoder.close()
+        finally:
+            if end_stream:
+                self._decoders.pop(stream.stream_id, None)
+        if end_stream:
+            await self.on_stream_end(stream)
+
+    async def on_stream_end(self, stream: Stream) -> None:
+        pass
+
+    async def on_stream_reset(self, stream: Stream, code: int) -> None:
+        self._decoders.pop(stream.stream_id, None)
+
+    async def on_message(self, message: Any, stream: Stream | None) -> None:
+        pass
+
+    async def on_draining(self) -> None:
+        pass
+
+    async def on_peer_error(self, error: PeerError, stream: Stream | None) -> None:
+        """The peer sent something malformed or oversized: close with the error's code."""
+        log.info("peer error", error=str(error), code=error.code, **self.ctx.ids)
+        self.close(error.code, str(error))
+
+    # --- dispatch and lifecycle ----------------------------------------------------------------
+    def _handle_receive(self, message: Any) -> Any:
+        if type(message) in _TRANSPORT_EVENTS:
+            return self._dispatch(message)
+        return super()._handle_receive(message)
+
+    async def _dispatch(self, event: object) -> None:
+        stream: Stream | None = None
+        try:
+            if isinstance(event, DatagramReceived):
+                await self.on_datagram(event.data)
+            elif isinstance(event, StreamDataReceived):
+                stream = event.stream
+                await self.on_stream_data(stream, event.data, event.end_stream)
+            elif isinstance(event, StreamOpened):
+                await self.on_stream(event.stream)
+            elif isinstance(event, StreamReset):
+                await self.on_stream_reset(event.stream, event.code)
+            elif isinstance(event, SessionDraining):
+                await self.on_draining()
+            elif isinstance(event, SessionClosed):
+                self.close_info = event.info
+                await self._stop_async()
+        except PeerError as error:
+            if stream is not None:
+                self._decoders.pop(stream.stream_id, None)
+            await self.on_peer_error(error, stream)
+
+    async def _stop_async(self) -> None:
+        # Stopping the actor (by the session's end or by `ref.stop()`) ends the session.
+        self._mark_stopped()
+        if not self.session.closed:
+            self.session.close(CloseCode.NORMAL, "")
+        await self._run_on_stop()
+
+    async def _run_on_stop(self) -> None:
+        if self._on_stop_ran:
+            return
+        self._on_stop_ran = True
+        if self.close_info is None:
+            self.close_info = self.session.close_info
+        await self._call_hook(self.on_stop)
+
+    def _handle_failure(
+        self,
+        exception_type: type[BaseException] | None,
+        exception_value: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        super()._handle_failure(exception_type, exception_value, traceback)
+        if self.failure is None and exception_value is not None:
+            self.failure = exception_value
+            if not self.session.closed:
+                self.session.close(CloseCode.INTERNAL_ERROR, "internal error")
+
+
+_TRANSPORT_EVENTS = frozenset(
+    {DatagramReceived, StreamDataReceived, StreamOpened, StreamReset, SessionDraining, SessionClosed}
+)
+
+
+class _ActorListener:
+    """Turns a session's transport events into messages for its handler actor."""
+
+    __slots__ = ("_put",)
+
+    def __init__(self, ref: pykka.ActorRef[Any]) -> None:
+        self._put = ref.tell
+
+    def _tell(self, message: object) -> None:
+        try:
+            self._put(message)
+        except pykka.ActorDeadError:
+            pass  # the handler already stopped; late traffic has nowhere to go
+
+    def datagram_received(self, data: bytes) -> None:
+        self._tell(DatagramReceived(data))
+
+    def stream_opened(self, stream: Stream) -> None:
+        self._tell(StreamOpened(stream))
+
+    def stream_data_received(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        self._tell(StreamDataReceived(stream, data, end_stream))
+
+    def stream_reset(self, stream: Stream, code: int) -> None:
+        self._tell(StreamReset(stream, code))
+
+    def session_draining(self) -> None:
+        self._tell(SessionDraining())
+
+    def session_closed(self, info: CloseInfo) -> None:
+        self._tell(SessionClosed(info))
+
+
+async def run_session(
+    handler_class: type[Handler], ctx: SessionContext, session: Session
+) -> BaseException | None:
+    """Run one session's handler actor to its end; return the exception that ended it, if any.
+
+    Whatever happens, the session is closed and the handler's `on_stop` has run once
+    when this returns.
+    """
+    try:
+        ref = handler_class.start(ctx, session)
+    except Exception as error:
+        log.exception("handler failed to start", **ctx.ids)
+        session.close(CloseCode.INTERNAL_ERROR, "internal error")
+        return error
+    handler = ref._actor_weakref()
+    assert handler is not None  # its running task keeps it alive
+    session.attach(_ActorListener(ref))
+    task = handler._actor_task
+    assert task is not None
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        session.close(CloseCode.GOING_AWAY, "server shutting down")
+        task.cancel()
+        raise
+    # The actor may have died before its on_stop ran (on_start raised, a tell failed).
+    await handler._run_on_stop()
+    return handler.failure

@@ -1,0 +1,35 @@
+"""Echo server: `aiowt run examples.echo:server --self-signed`.
+
+Route `/echo` sends every datagram back unchanged, echoes the bytes of each
+client-opened bidirectional stream on the same stream (finishing it when the client
+finishes), and so answers each msgpack frame on a stream with the same object.
+A client-opened unidirectional stream is echoed on a new server-opened one.
+"""
+
+from __future__ import annotations
+
+from aiowt.actors import Handler
+from aiowt.transport import Server, Stream
+
+
+class Echo(Handler):
+    async def on_datagram(self, data: bytes) -> None:
+        self.send_datagram(data)
+
+    async def on_stream_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        if stream.unidirectional:
+            reply = self._replies.get(stream.stream_id)
+            if reply is None:
+                reply = self._replies[stream.stream_id] = self.open_stream(unidirectional=True)
+            reply.write(data, end_stream=end_stream)
+            if end_stream:
+                del self._replies[stream.stream_id]
+        else:
+            stream.write(data, end_stream=end_stream)
+
+    async def on_start(self) -> None:
+        self._replies: dict[int, Stream] = {}
+
+
+server = Server()
+server.route("/echo", Echo)

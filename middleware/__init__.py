@@ -1,0 +1,1 @@
+"""aiowt middleware."""

@@ -1,0 +1,68 @@
+"""Shared fixtures: a real server on loopback and a real client for it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+
+from aiowt.transport import Server, Session, connect
+from aiowt.transport.tls import SelfSignedCertificate, generate_self_signed
+
+
+@pytest.fixture(scope="session")
+def certificate() -> SelfSignedCertificate:
+    return generate_self_signed()
+
+
+ServerFactory = Callable[..., Awaitable[Server]]
+
+
+@pytest.fixture
+async def make_server(certificate: SelfSignedCertificate) -> AsyncIterator[ServerFactory]:
+    """Start configured `Server`s on 127.0.0.1 (an ephemeral port); shut them down after."""
+    servers: list[Server] = []
+
+    async def factory(configure: Callable[[Server], Any], **options: Any) -> Server:
+        options.setdefault("host", "127.0.0.1")
+        options.setdefault("port", 0)
+        options.setdefault("certificate", certificate)
+        server = Server(**options)
+        configure(server)
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        await asyncio.wait_for(server.shutdown(timeout=5), 10)
+
+
+ClientFactory = Callable[..., Awaitable[Session]]
+
+
+@pytest.fixture
+async def client(certificate: SelfSignedCertificate) -> AsyncIterator[ClientFactory]:
+    """Connect real clients (pinned to the test certificate); close them after."""
+    sessions: list[Session] = []
+
+    async def open_session(server: Server, path: str, **options: Any) -> Session:
+        options.setdefault("cert_hash", certificate.sha256)
+        host, port = server.address
+        session = await asyncio.wait_for(connect(f"https://{host}:{port}{path}", **options), 10)
+        sessions.append(session)
+        return session
+
+    yield open_session
+    for session in sessions:
+        await asyncio.wait_for(session.aclose(), 5)
+
+
+@asynccontextmanager
+async def bounded(seconds: float = 5.0) -> AsyncIterator[None]:
+    """Every wait in a test has a bound."""
+    async with asyncio.timeout(seconds):
+        yield

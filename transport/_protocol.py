@@ -1,0 +1,598 @@
+"""The asyncio QUIC protocol that speaks HTTP/3 WebTransport, for servers and clients.
+
+aioquic's HTTP/3 layer does the handshake and the stream headers; this module fills in
+what it leaves out (measured in ../shared/aioquic-notes.md): data on bidirectional
+streams this side opened is taken from QUIC before the HTTP/3 parser can mangle it,
+stream resets and STOP_SENDING are mapped to WebTransport codes, capsules on the
+CONNECT stream are parsed here, HTTP/3 stream state is cleaned up when both directions
+end, datagram sizes are checked before queueing, and sends are flushed once per loop
+iteration so that bursts share packets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.buffer import encode_uint_var
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import (
+    DataReceived,
+    DatagramReceived,
+    H3Event,
+    HeadersReceived,
+    WebTransportStreamDataReceived,
+)
+from aioquic.quic.connection import QuicConnection, stream_is_unidirectional
+from aioquic.quic.events import (
+    ConnectionTerminated,
+    ProtocolNegotiated,
+    QuicEvent,
+    StopSendingReceived,
+    StreamDataReceived,
+    StreamReset,
+)
+
+from .capsule import CapsuleDecoder, CloseSession, DrainSession, encode_close
+from .codes import CloseCode
+from .context import CloseInfo
+from .errors import HandshakeError, PeerError, SessionClosedError, UsageError
+from .request import ConnectRequest
+from .session import Session, Stream
+
+__all__ = ["IncomingSession", "WebTransportProtocol", "app_to_h3_code", "h3_to_app_code"]
+
+# HTTP/3 error code space reserved for WebTransport application codes.
+_WT_FIRST = 0x52E4A40FA8DB
+_WT_LAST = 0x52E5AC983162
+H3_REQUEST_REJECTED = 0x10B
+H3_NO_ERROR = 0x100
+WT_BUFFERED_STREAM_REJECTED = 0x3994BD84
+WT_SESSION_GONE = 0x170D7B68
+
+# Later drafts' settings, advertised beside aioquic's draft-02 ENABLE_WEBTRANSPORT so that
+# more clients (Safari, draft-15 stacks) accept the server: WT_MAX_SESSIONS in its draft-07
+# and draft-13 codepoints, and WT_ENABLED.
+_EXTRA_SETTINGS = {0xC671706A: 64, 0x14E9CD29: 64, 0x2C7CF000: 1}
+_PROTOCOL_TOKENS = frozenset({"webtransport", "webtransport-h3"})
+# A short-header packet spends 1 byte of flags, the peer's connection id, a 2-byte packet
+# number (aioquic's fixed size) and a 16-byte AEAD tag; a DATAGRAM frame adds its type and
+# a 2-byte length. Measured: 1169 payload bytes fit a 1200-byte packet with 8-byte ids.
+_PACKET_FIXED_OVERHEAD = 1 + 2 + 16 + 1 + 2
+
+
+def app_to_h3_code(code: int) -> int:
+    """Map a 32-bit WebTransport application error code into the HTTP/3 space."""
+    code &= 0xFFFFFFFF
+    return _WT_FIRST + code + code // 0x1E
+
+
+def h3_to_app_code(h3_code: int) -> int:
+    """The inverse of `app_to_h3_code`; codes outside the WebTransport range map to 0."""
+    if not _WT_FIRST <= h3_code <= _WT_LAST or (h3_code - 0x21) % 0x1F == 0:
+        return 0
+    shifted = h3_code - _WT_FIRST
+    return shifted - shifted // 0x1F
+
+
+class _H3(H3Connection):
+    """aioquic's HTTP/3 connection with the extra WebTransport settings advertised."""
+
+    def _get_local_settings(self) -> dict[int, int]:
+        settings = super()._get_local_settings()
+        settings.update(_EXTRA_SETTINGS)
+        return settings
+
+
+class IncomingSession:
+    """A CONNECT request waiting for its verdict: `accept()` or `reject()`, exactly once."""
+
+    def __init__(self, protocol: WebTransportProtocol, stream_id: int, request: ConnectRequest):
+        self._protocol = protocol
+        self.stream_id = stream_id
+        self.request = request
+        self.decided = False
+        self._early_data = b""
+
+    def __repr__(self) -> str:
+        return f"<IncomingSession {self.stream_id} {self.request.path}>"
+
+    @property
+    def connection_alive(self) -> bool:
+        return not self._protocol.is_closed
+
+    def accept(self, headers: list[tuple[str, str]] | tuple[tuple[str, str], ...] = ()) -> Session:
+        """Answer 200 and return the live session."""
+        self._decide()
+        return self._protocol.accept(self, headers)
+
+    def reject(
+        self, status: int, reason: str = "", headers: tuple[tuple[str, str], ...] | list[Any] = ()
+    ) -> None:
+        """Answer `status` (4xx/5xx) with `reason` in the `aiowt-reason` header."""
+        self._decide()
+        self._protocol.reject(self.stream_id, status, reason, headers)
+
+    def _decide(self) -> None:
+        if self.decided:
+            raise UsageError("this CONNECT request already has a verdict")
+        self.decided = True
+
+
+OnRequest = Callable[[IncomingSession], None]
+
+
+class WebTransportProtocol(QuicConnectionProtocol):
+    """One QUIC connection carrying HTTP/3 and any number of WebTransport sessions."""
+
+    max_header_bytes = 16 * 1024
+    """A CONNECT header block larger than this is answered with 431."""
+
+    def __init__(
+        self,
+        quic: QuicConnection,
+        stream_handler: Any = None,
+        *,
+        on_request: OnRequest | None = None,
+        on_terminated: Callable[[WebTransportProtocol], None] | None = None,
+        session_options: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(quic, stream_handler)
+        self._h3: H3Connection | None = None
+        self._on_request = on_request
+        self._on_terminated = on_terminated
+        self._session_options = session_options or {}
+        self.sessions: dict[int, Session] = {}
+        self._pending: dict[int, IncomingSession] = {}
+        self._capsules: dict[int, CapsuleDecoder] = {}
+        self._streams: dict[int, Stream] = {}
+        self._local_bidi: set[int] = set()
+        self._drain_watch: set[Stream] = set()
+        self._settings_waiter: asyncio.Future[None] | None = None
+        self._response_waiters: dict[int, asyncio.Future[list[tuple[bytes, bytes]]]] = {}
+        self.is_closed = False
+        self.accepting = True
+
+    # --- plumbing ---------------------------------------------------------------------------
+    @property
+    def h3(self) -> H3Connection:
+        if self._h3 is None:
+            raise UsageError("HTTP/3 is not negotiated yet")
+        return self._h3
+
+    def _flush(self) -> None:
+        # One transmit per loop iteration lets a burst of sends share packets.
+        self._transmit_soon()
+
+    def transmit(self) -> None:
+        super().transmit()
+        if self._drain_watch:
+            self._check_drain()
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ProtocolNegotiated):
+            if event.alpn_protocol in H3_ALPN:
+                self._h3 = _H3(self._quic, enable_webtransport=True)
+            return
+        if isinstance(event, ConnectionTerminated):
+            self._connection_lost(event)
+            return
+        if self._h3 is None:
+            return
+        if isinstance(event, StreamDataReceived) and event.stream_id in self._local_bidi:
+            stream = self._streams.get(event.stream_id)
+            if stream is not None:
+                self._deliver(stream, event.data, event.end_stream)
+            return
+        if isinstance(event, StreamReset | StopSendingReceived):
+            if self._handle_stream_abort(event):
+                return
+        for h3_event in self._h3.handle_event(event):
+            self._h3_event_received(h3_event)
+        self._check_settings()
+
+    def _check_settings(self) -> None:
+        waiter = self._settings_waiter
+        if waiter is not None and not waiter.done() and self.h3.received_settings is not None:
+            waiter.set_result(None)
+
+    def _h3_event_received(self, event: H3Event) -> None:
+        if isinstance(event, WebTransportStreamDataReceived):
+            self._wt_stream_data(event)
+        elif isinstance(event, DatagramReceived):
+            session = self.sessions.get(event.stream_id)
+            if session is not None:
+                session._on_datagram(event.data)
+        elif isinstance(event, HeadersReceived):
+            if self._quic.configuration.is_client:
+                waiter = self._response_waiters.pop(event.stream_id, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(list(event.headers))
+            else:
+                self._request_received(event)
+        elif isinstance(event, DataReceived):
+            self._connect_stream_data(event.stream_id, event.data, event.stream_ended)
+
+    # --- handshake (server side) --------------------------------------------------------------
+    def _request_received(self, event: HeadersReceived) -> None:
+        stream_id = event.stream_id
+        if stream_id in self.sessions or stream_id in self._pending:
+            return  # trailers on a CONNECT stream: nothing to do
+        if sum(len(k) + len(v) for k, v in event.headers) > self.max_header_bytes:
+            self.reject(stream_id, 431, "request header block too large")
+            return
+        try:
+            request = self._parse_request(event.headers)
+        except _BadRequest as exc:
+            self.reject(stream_id, exc.status, exc.reason)
+            return
+        if not self.accepting or self._on_request is None:
+            self.reject(stream_id, 503, "server is shutting down", (("retry-after", "1"),))
+            return
+        incoming = IncomingSession(self, stream_id, request)
+        self._pending[stream_id] = incoming
+        self._on_request(incoming)
+
+    def _parse_request(self, raw: list[tuple[bytes, bytes]]) -> ConnectRequest:
+        pseudo: dict[str, str] = {}
+        headers: list[tuple[str, str]] = []
+        try:
+            for key_b, value_b in raw:
+                key = key_b.decode("ascii").lower()
+                value = value_b.decode("utf-8")
+                if key.startswith(":"):
+                    if key in pseudo:
+                        raise _BadRequest(400, f"repeated pseudo-header {key}")
+                    pseudo[key] = value
+                else:
+                    headers.append((key, value))
+        except UnicodeDecodeError as exc:
+            raise _BadRequest(400, "header is not valid UTF-8") from exc
+        method = pseudo.get(":method", "")
+        if method != "CONNECT":
+            raise _BadRequest(405, f"only extended CONNECT is served here, not {method or '?'}")
+        protocol = pseudo.get(":protocol")
+        if protocol is None:
+            raise _BadRequest(400, "CONNECT without :protocol")
+        if protocol not in _PROTOCOL_TOKENS:
+            raise _BadRequest(400, f"unsupported :protocol {protocol!r}")
+        full_path = pseudo.get(":path", "")
+        if not full_path.startswith("/"):
+            raise _BadRequest(400, "missing or invalid :path")
+        if ":authority" not in pseudo:
+            raise _BadRequest(400, "missing :authority")
+        path, _, query = full_path.partition("?")
+        peer = self._quic._network_paths[0].addr if self._quic._network_paths else ("", 0)
+        return ConnectRequest(
+            method=method,
+            scheme=pseudo.get(":scheme", "https"),
+            authority=pseudo[":authority"],
+            path=path,
+            query_string=query,
+            protocol=protocol,
+            headers=tuple(headers),
+            remote_addr=(str(peer[0]), int(peer[1])),
+        )
+
+    def accept(self, incoming: IncomingSession, headers: Any) -> Session:
+        stream_id = incoming.stream_id
+        if self._pending.pop(stream_id, None) is None or self.is_closed:
+            raise SessionClosedError(int(CloseCode.ABORTED), "connection closed before accept")
+        response = [(b":status", b"200"), (b"sec-webtransport-http3-draft", b"draft02")]
+        response += [(k.lower().encode(), v.encode()) for k, v in headers]
+        self.h3.send_headers(stream_id, response)
+        session = Session(self, stream_id, incoming.request, **self._session_options)
+        self.sessions[stream_id] = session
+        self._capsules[stream_id] = CapsuleDecoder()
+        self._flush()
+        if incoming._early_data:
+            self._connect_stream_data(stream_id, incoming._early_data, False)
+        return session
+
+    def reject(
+        self, stream_id: int, status: int, reason: str, headers: Any = ()
+    ) -> None:
+        self._pending.pop(stream_id, None)
+        if self.is_closed:
+            return
+        response = [(b":status", str(status).encode())]
+        if reason:
+            response.append((b"aiowt-reason", _header_safe(reason).encode()))
+        response += [(k.lower().encode(), v.encode()) for k, v in headers]
+        try:
+            self.h3.send_headers(stream_id, response, end_stream=True)
+        except Exception:
+            # The stream may already be gone (peer reset it); a verdict to nobody is fine.
+            return
+        self._flush()
+
+    # --- handshake (client side) --------------------------------------------------------------
+    async def open_session(
+        self, authority: str, path: str, headers: list[tuple[str, str]], protocol: str
+    ) -> Session:
+        """Send an extended CONNECT once the server's SETTINGS are in; return the session."""
+        loop = asyncio.get_running_loop()
+        if self.h3.received_settings is None:
+            self._settings_waiter = loop.create_future()
+            await self._settings_waiter
+        settings = self.h3.received_settings or {}
+        if not settings.get(0x8):  # ENABLE_CONNECT_PROTOCOL
+            raise HandshakeError(0, "server does not support extended CONNECT")
+        stream_id = self._quic.get_next_available_stream_id()
+        waiter: asyncio.Future[list[tuple[bytes, bytes]]] = loop.create_future()
+        self._response_waiters[stream_id] = waiter
+        request = [
+            (b":method", b"CONNECT"),
+            (b":scheme", b"https"),
+            (b":authority", authority.encode()),
+            (b":path", path.encode()),
+            (b":protocol", protocol.encode()),
+            (b"sec-webtransport-http3-draft02", b"1"),
+        ] + [(k.lower().encode(), v.encode("utf-8", "surrogateescape")) for k, v in headers]
+        self.h3.send_headers(stream_id, request)
+        self._flush()
+        raw = await waiter
+        decoded = [(k.decode(), v.decode("utf-8", "replace")) for k, v in raw]
+        status_text = dict(decoded).get(":status", "0")
+        status = int(status_text) if status_text.isdigit() else 0
+        if not 200 <= status < 300:
+            reason = dict(decoded).get("aiowt-reason", "")
+            raise HandshakeError(status, reason, [h for h in decoded if not h[0].startswith(":")])
+        path_only, _, query = path.partition("?")
+        request_info = ConnectRequest(
+            method="CONNECT",
+            scheme="https",
+            authority=authority,
+            path=path_only,
+            query_string=query,
+            protocol=protocol,
+            headers=tuple(h for h in decoded if not h[0].startswith(":")),
+            remote_addr=("", 0),
+        )
+        session = Session(self, stream_id, request_info, **self._session_options)
+        self.sessions[stream_id] = session
+        self._capsules[stream_id] = CapsuleDecoder()
+        return session
+
+    # --- the CONNECT stream: capsules and its end ------------------------------------------
+    def _connect_stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
+        pending = self._pending.get(stream_id)
+        if pending is not None:
+            pending._early_data += data
+            return
+        session = self.sessions.get(stream_id)
+        if session is None:
+            return
+        try:
+            for capsule in self._capsules[stream_id].feed(data):
+                if isinstance(capsule, CloseSession):
+                    self._finish_session(session, CloseInfo(capsule.code, capsule.reason, True))
+                    return
+                if isinstance(capsule, DrainSession):
+                    session._on_draining()
+        except PeerError as exc:
+            self.close_session(session, exc.code, str(exc))
+            return
+        if ended:
+            self._finish_session(session, CloseInfo(0, "", True))
+
+    def close_session(self, session: Session, code: int, reason: str) -> None:
+        """Send the close capsule with FIN, reset the session's streams, end the session."""
+        if session.session_id in self.sessions and not self.is_closed:
+            try:
+                self.h3.send_data(session.session_id, encode_close(code, reason), end_stream=True)
+            except Exception:
+                # The CONNECT stream was already finished by a racing close; nothing to send.
+                pass
+            self._flush()
+        self._finish_session(session, CloseInfo(code, reason, False))
+
+    def _finish_session(self, session: Session, info: CloseInfo) -> None:
+        if self.sessions.pop(session.session_id, None) is None:
+            return
+        self._capsules.pop(session.session_id, None)
+        alive = not self.is_closed
+        for stream in list(session.streams.values()):
+            if alive:
+                self._abort_stream_quietly(stream)
+            self._forget_stream(stream)
+        if alive and info.by_peer:
+            # Answer the peer's close with our FIN on the CONNECT stream, as the draft asks.
+            try:
+                self.h3.send_data(session.session_id, b"", end_stream=True)
+            except Exception:
+                pass
+        session._on_closed(info)
+        self._flush()
+
+    def _abort_stream_quietly(self, stream: Stream) -> None:
+        sid = stream.stream_id
+        try:
+            if self._quic._stream_can_send(sid) and stream._send_open:
+                self._quic.reset_stream(sid, WT_SESSION_GONE)
+            if stream.recv_open and self._quic._stream_can_receive(sid):
+                self._quic.stop_stream(sid, WT_SESSION_GONE)
+        except Exception:
+            # aioquic raises for streams already closed in either direction; ignore.
+            pass
+
+    # --- streams ----------------------------------------------------------------------------
+    def open_stream(self, session: Session, unidirectional: bool) -> Stream:
+        stream_id = self.h3.create_webtransport_stream(session.session_id, unidirectional)
+        stream = Stream(session, stream_id, unidirectional=unidirectional, opened_locally=True)
+        self._streams[stream_id] = stream
+        session.streams[stream_id] = stream
+        if not unidirectional:
+            self._local_bidi.add(stream_id)
+        self._flush()
+        return stream
+
+    def _wt_stream_data(self, event: WebTransportStreamDataReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is None:
+            session = self.sessions.get(event.session_id)
+            if session is None:
+                self._refuse(event.stream_id, WT_BUFFERED_STREAM_REJECTED)
+                return
+            stream = Stream(
+                session,
+                event.stream_id,
+                unidirectional=stream_is_unidirectional(event.stream_id),
+                opened_locally=False,
+            )
+            self._streams[event.stream_id] = stream
+            if not session._on_stream_opened(stream):
+                stream._send_open = False
+                stream.recv_open = False
+                self._refuse(event.stream_id, app_to_h3_code(0x2001))
+                self._forget_stream(stream)
+                return
+        self._deliver(stream, event.data, event.stream_ended)
+
+    def _deliver(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        if not stream.recv_open:
+            return
+        if not stream.session._on_stream_data(stream, data, end_stream):
+            stream.reset(0x2001)
+            stream.stop(0x2001)
+            self._maybe_forget(stream)
+            return
+        if end_stream:
+            stream.recv_open = False
+            self._maybe_forget(stream)
+
+    def _refuse(self, stream_id: int, h3_code: int) -> None:
+        try:
+            if self._quic._stream_can_receive(stream_id):
+                self._quic.stop_stream(stream_id, h3_code)
+            if not stream_is_unidirectional(stream_id) and self._quic._stream_can_send(stream_id):
+                self._quic.reset_stream(stream_id, h3_code)
+        except Exception:
+            pass
+        self._flush()
+
+    def send_stream_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
+        session = stream.session
+        if data:
+            session.bytes_out += len(data)
+            for tap in session.taps:
+                tap.stream_data_out(session, stream, len(data))
+        self._quic.send_stream_data(stream.stream_id, data, end_stream)
+        self._flush()
+        if end_stream:
+            self._maybe_forget(stream)
+        elif data:
+            session._check_send_buffer(stream)
+
+    def reset_stream(self, stream: Stream, code: int) -> None:
+        try:
+            self._quic.reset_stream(stream.stream_id, app_to_h3_code(code))
+        except Exception:
+            pass
+        self._flush()
+        stream._wake_drain()
+        self._maybe_forget(stream)
+
+    def stop_stream(self, stream: Stream, code: int) -> None:
+        try:
+            self._quic.stop_stream(stream.stream_id, app_to_h3_code(code))
+        except Exception:
+            pass
+        self._flush()
+        self._maybe_forget(stream)
+
+    def _handle_stream_abort(self, event: StreamReset | StopSendingReceived) -> bool:
+        stream = self._streams.get(event.stream_id)
+        if stream is None:
+            return False
+        code = h3_to_app_code(event.error_code)
+        if isinstance(event, StreamReset):
+            if stream.recv_open:
+                stream.recv_open = False
+                stream.session._on_stream_reset(stream, code)
+        else:
+            # aioquic already reset our send side in answer to STOP_SENDING.
+            stream._send_closed()
+        self._maybe_forget(stream)
+        return True
+
+    def _maybe_forget(self, stream: Stream) -> None:
+        if not stream.recv_open and not stream._send_open:
+            self._forget_stream(stream)
+
+    def _forget_stream(self, stream: Stream) -> None:
+        sid = stream.stream_id
+        if self._streams.pop(sid, None) is None:
+            return
+        self._local_bidi.discard(sid)
+        self._drain_watch.discard(stream)
+        if self._h3 is not None:
+            # aioquic keeps HTTP/3 state for peer-opened streams until it sees both
+            # directions end, and it never sees ours: drop it here or it leaks.
+            self._h3._stream.pop(sid, None)
+        stream.session._on_stream_finished(stream)
+
+    def send_buffer_size(self, stream: Stream) -> int:
+        quic_stream = self._quic._streams.get(stream.stream_id)
+        if quic_stream is None:
+            return 0
+        return len(quic_stream.sender._buffer)
+
+    def watch_drain(self, stream: Stream) -> None:
+        self._drain_watch.add(stream)
+
+    def _check_drain(self) -> None:
+        for stream in list(self._drain_watch):
+            if self.send_buffer_size(stream) <= stream.session.send_buffer_low or not stream._send_open:
+                self._drain_watch.discard(stream)
+                stream._wake_drain()
+
+    # --- datagrams ----------------------------------------------------------------------------
+    def max_datagram_payload(self, session_id: int) -> int:
+        remote = self._quic._remote_max_datagram_frame_size or 0
+        peer_cid = getattr(self._quic, "_peer_cid", None)
+        cid_length = len(peer_cid.cid) if peer_cid is not None else 20
+        packet = self._quic._max_datagram_size - _PACKET_FIXED_OVERHEAD - cid_length
+        prefix = len(encode_uint_var(session_id // 4))
+        return max(0, min(remote, packet) - prefix)
+
+    def send_datagram(self, session: Session, data: bytes) -> None:
+        session.bytes_out += len(data)
+        for tap in session.taps:
+            tap.datagram_out(session, len(data))
+        self.h3.send_datagram(session.session_id, data)
+        self._flush()
+
+    # --- connection end -----------------------------------------------------------------------
+    def _connection_lost(self, event: ConnectionTerminated) -> None:
+        if self.is_closed:
+            return
+        self.is_closed = True
+        reason = event.reason_phrase or f"connection closed (0x{event.error_code:x})"
+        for session in list(self.sessions.values()):
+            self._finish_session(session, CloseInfo(int(CloseCode.ABORTED), reason, True))
+        for incoming in list(self._pending.values()):
+            incoming.decided = True
+        self._pending.clear()
+        for waiter in self._response_waiters.values():
+            if not waiter.done():
+                waiter.set_exception(HandshakeError(0, reason))
+        if self._settings_waiter is not None and not self._settings_waiter.done():
+            self._settings_waiter.set_exception(HandshakeError(0, reason))
+        if self._on_terminated is not None:
+            self._on_terminated(self)
+
+
+class _BadRequest(Exception):
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
+def _header_safe(text: str) -> str:
+    """Header values may not carry control characters; keep reasons readable and short."""
+    cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
+    return cleaned[:512]

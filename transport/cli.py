@@ -1,0 +1,90 @@
+"""`aiowt run MODULE:ATTR` and `aiowt cert`: the command line."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import UsageError
+
+__all__ = ["load_server", "main"]
+
+
+def load_server(target: str) -> object:
+    """Import `module:attribute` (like uvicorn) and return the attribute."""
+    module_name, _, attribute = target.partition(":")
+    if not module_name or not attribute:
+        raise UsageError(f"expected MODULE:ATTR, got {target!r}")
+    sys.path.insert(0, str(Path.cwd()))
+    module = importlib.import_module(module_name)
+    try:
+        obj = module
+        for part in attribute.split("."):
+            obj = getattr(obj, part)
+    except AttributeError as exc:
+        raise UsageError(f"{module_name} has no attribute {attribute!r}") from exc
+    return obj
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="aiowt", description="aiowt WebTransport runtime")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("run", help="serve MODULE:ATTR (a Server)")
+    run.add_argument("target", metavar="MODULE:ATTR")
+    run.add_argument("--host", default=None, help="bind address (default: the server's, '::')")
+    run.add_argument("--port", type=int, default=None, help="UDP port (default: the server's, 4433)")
+    tls = run.add_mutually_exclusive_group()
+    tls.add_argument("--cert", help="certificate chain (PEM); needs --key")
+    tls.add_argument("--self-signed", action="store_true", help="a fresh 13-day development certificate (the default)")
+    run.add_argument("--key", help="private key (PEM)")
+
+    cert = commands.add_parser("cert", help="write a self-signed development certificate")
+    cert.add_argument("--out", default=".", help="directory for cert.pem and key.pem (default: .)")
+    cert.add_argument("--days", type=int, default=13, help="validity, at most 13 days")
+
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "cert":
+            return _cert(Path(args.out), args.days)
+        return _run(args)
+    except UsageError as exc:
+        parser.error(str(exc))
+    return 2
+
+
+def _cert(out: Path, days: int) -> int:
+    from .tls import generate_self_signed, write_certificate
+
+    certificate = generate_self_signed(days=days)
+    out.mkdir(parents=True, exist_ok=True)
+    cert_path, key_path = write_certificate(certificate, out)
+    print(f"wrote {cert_path} and {key_path}")
+    print(f"sha256 (serverCertificateHashes): {certificate.sha256_hex}")
+    print(f"spki sha256 (--ignore-certificate-errors-spki-list): {certificate.spki_sha256_b64}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from .server import Server
+
+    server = load_server(args.target)
+    if not isinstance(server, Server):
+        raise UsageError(f"{args.target} is a {type(server).__name__}, not an aiowt Server")
+    if (args.cert is None) != (args.key is None):
+        raise UsageError("--cert and --key go together")
+    if args.host is not None:
+        server.host = args.host
+    if args.port is not None:
+        server.port = args.port
+    if args.cert is not None:
+        server.use_certificate_files(args.cert, args.key)
+    server.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,317 @@
+"""`Server`: routes, the middleware chain and handler actors on top of the WebTransport endpoint.
+
+This module is the composition root: the only part of `aiowt.transport` that imports
+`aiowt.middleware` and `aiowt.actors`. Everything below it (protocol, session, endpoint)
+knows nothing about middleware or actors beyond the `on_request` callback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from aiowt.middleware.chain import CallNext, Middleware, build_chain
+
+from .codes import CloseCode
+from .context import Key, SessionContext
+from .endpoint import Listener, listen, quic_configuration
+from .errors import Rejected, SessionClosedError, UsageError
+from .framing import DEFAULT_MAX_MESSAGE_SIZE
+from ._protocol import IncomingSession
+from .router import Route, RouteGroup, Router
+from .tls import SelfSignedCertificate, generate_self_signed, load_into
+
+__all__ = ["Server"]
+
+log = structlog.get_logger("aiowt.server")
+
+INCOMING: Key[IncomingSession] = Key("aiowt.incoming")
+"""The pending CONNECT of a context; only the terminal step uses it."""
+
+SessionHook = Callable[[SessionContext], Awaitable[None] | None]
+
+
+class Server:
+    """A WebTransport server: `use()` global middleware, `route()` handlers, `serve()`.
+
+    Middleware run in the order of seed 000: global `use()` in the order added, then the
+    route's, then the handler; code after `await call_next(ctx)` runs when the session
+    ends. The chain is built once, when the server starts, and frozen after.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str = "::",
+        port: int = 4433,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
+        certificate: SelfSignedCertificate | None = None,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        idle_timeout: float = 30.0,
+        shutdown_timeout: float = 10.0,
+        reuse_port: bool = False,
+    ) -> None:
+        if (cert_file is None) != (key_file is None):
+            raise UsageError("give both cert_file and key_file, or neither")
+        self.host = host
+        self.port = port
+        self._cert_file = cert_file
+        self._key_file = key_file
+        self.certificate = certificate
+        self.max_message_size = max_message_size
+        self.idle_timeout = idle_timeout
+        self.shutdown_timeout = shutdown_timeout
+        self.reuse_port = reuse_port
+        self._middleware: list[Middleware] = []
+        self._router = Router()
+        self._chains: dict[str, CallNext] = {}
+        self._listener: Listener | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._live: dict[Any, asyncio.Future[None]] = {}
+        self._stopped: asyncio.Event | None = None
+        self._frozen = False
+        self.on_connect: list[SessionHook] = []
+        self.on_disconnect: list[SessionHook] = []
+
+    def __repr__(self) -> str:
+        return f"Server(host={self.host!r}, port={self.port}, routes={len(self._router)})"
+
+    def use_certificate_files(self, cert_file: str | Path, key_file: str | Path) -> None:
+        """Serve with a certificate chain and key from PEM files instead of a self-signed one."""
+        self._check_not_frozen()
+        self._cert_file, self._key_file = cert_file, key_file
+
+    # --- configuration -------------------------------------------------------------------------
+    def use(self, *middleware: Middleware) -> Server:
+        """Add global middleware, run before every route's own, in the order added."""
+        self._check_not_frozen()
+        self._middleware.extend(middleware)
+        return self
+
+    def route(self, pattern: str, handler: Any, *middleware: Middleware) -> Server:
+        """Serve `pattern` (`/chat/{room}`, `/files/{path...}`) with a `Handler` subclass."""
+        self._check_not_frozen()
+        self._router.add(pattern, handler, tuple(middleware))
+        return self
+
+    def group(self, prefix: str, *middleware: Middleware) -> RouteGroup:
+        """Routes under `prefix` that share `middleware` (placed before each route's own)."""
+        self._check_not_frozen()
+        return RouteGroup(self._router, prefix, tuple(middleware))
+
+    def _check_not_frozen(self) -> None:
+        if self._frozen:
+            raise UsageError("the server has started; its routes and middleware are frozen")
+
+    @property
+    def address(self) -> tuple[str, int]:
+        if self._listener is None:
+            raise UsageError("the server is not listening")
+        return self._listener.address
+
+    @property
+    def live_sessions(self) -> int:
+        return len(self._live)
+
+    # --- running -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        """Bind, build the chains, and begin accepting. Returns once listening."""
+        if self._listener is not None:
+            raise UsageError("the server is already started")
+        self._frozen = True
+        self._router.freeze()
+        self._stopped = asyncio.Event()
+        for route in self._router.routes():
+            self._chains[route.pattern] = build_chain(
+                (*self._middleware, *route.middleware), self._terminal_for(route)
+            )
+        configuration = quic_configuration(is_client=False, idle_timeout=self.idle_timeout)
+        if self._cert_file is not None and self._key_file is not None:
+            configuration.load_cert_chain(self._cert_file, self._key_file)
+        else:
+            if self.certificate is None:
+                self.certificate = generate_self_signed()
+            load_into(configuration, self.certificate.cert_pem, self.certificate.key_pem)
+        self._listener = await listen(
+            self.host,
+            self.port,
+            configuration,
+            self._on_request,
+            session_options={"max_message_size": self.max_message_size},
+            reuse_port=self.reuse_port,
+        )
+        host, port = self._listener.address
+        log.info(
+            "listening",
+            host=host,
+            port=port,
+            routes=[r.pattern for r in self._router.routes()],
+            cert_sha256=self.certificate.sha256_hex if self.certificate else None,
+        )
+
+    def banner(self) -> str:
+        """What a person needs to connect: the URL, and the hashes for a browser."""
+        host, port = self.address
+        shown = "localhost" if host in ("::", "0.0.0.0", "::1", "127.0.0.1") else host
+        lines = [f"aiowt serving WebTransport on https://{shown}:{port} (udp {host})"]
+        lines += [f"  route {route.pattern}" for route in self._router.routes()]
+        if self.certificate is not None:
+            lines.append(f"  certificate sha256 (serverCertificateHashes): {self.certificate.sha256_hex}")
+            lines.append(
+                "  spki sha256 (--ignore-certificate-errors-spki-list): "
+                f"{self.certificate.spki_sha256_b64}"
+            )
+        return "\n".join(lines)
+
+    async def serve(self, *, print_banner: bool = False) -> None:
+        """Start, then run until `shutdown()` (or cancellation, which shuts down too)."""
+        await self.start()
+        if print_banner:
+            print(self.banner(), flush=True)
+        assert self._stopped is not None
+        try:
+            await self._stopped.wait()
+        finally:
+            await self.shutdown()
+
+    def run(self) -> None:
+        """Serve until SIGINT or SIGTERM, then shut down gracefully. Blocks."""
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(sig, self._request_stop)
+            await self.serve(print_banner=True)
+
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(main())
+
+    def _request_stop(self) -> None:
+        if self._stopped is not None:
+            self._stopped.set()
+
+    async def shutdown(self, timeout: float | None = None) -> None:
+        """Stop accepting, close live sessions with GOING_AWAY, wait for them, close.
+
+        Handlers get until `timeout` (default `shutdown_timeout`) to finish their
+        `on_stop`; what is left after that is cancelled.
+        """
+        listener = self._listener
+        if listener is None:
+            return
+        self._listener = None
+        if self._stopped is not None:
+            self._stopped.set()
+        listener.stop_accepting()
+        for session in list(self._live):
+            with contextlib.suppress(SessionClosedError):
+                session.close(CloseCode.GOING_AWAY, "server shutting down")
+        waiting = list(self._live.values()) + list(self._tasks)
+        if waiting:
+            _, pending = await asyncio.wait(waiting, timeout=timeout or self.shutdown_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        # Let the close capsules leave before CONNECTION_CLOSE overtakes them.
+        await asyncio.sleep(0)
+        listener.close()
+        log.info("stopped")
+
+    # --- one request ------------------------------------------------------------------------------
+    def _on_request(self, incoming: IncomingSession) -> None:
+        task = asyncio.get_running_loop().create_task(self._handle(incoming))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, incoming: IncomingSession) -> None:
+        match = self._router.match(incoming.request.path)
+        if match is None:
+            incoming.reject(404, "no route for this path")
+            return
+        ctx = SessionContext(
+            request=incoming.request,
+            route_pattern=match.route.pattern,
+            path_params=match.params,
+        )
+        ctx.set(INCOMING, incoming)
+        try:
+            await self._chains[match.route.pattern](ctx)
+        except Rejected as rejection:
+            self._reject(incoming, ctx, rejection.status, rejection.reason, rejection.headers)
+        except asyncio.CancelledError:
+            self._reject(incoming, ctx, 503, "server shutting down")
+            raise
+        except Exception:
+            log.exception("session failed", **ctx.ids)
+            self._reject(incoming, ctx, 500, "internal server error")
+        else:
+            if not incoming.decided:
+                log.error("middleware returned without a verdict", **ctx.ids)
+                self._reject(incoming, ctx, 500, "no verdict")
+
+    @staticmethod
+    def _reject(
+        incoming: IncomingSession,
+        ctx: SessionContext,
+        status: int,
+        reason: str,
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> None:
+        if incoming.decided:
+            return
+        ctx.status = status
+        incoming.reject(status, reason, (*ctx.response_headers, *headers))
+
+    def _terminal_for(self, route: Route) -> CallNext:
+        handler_class = route.handler
+
+        async def accept_and_run(ctx: SessionContext) -> None:
+            incoming = ctx.get(INCOMING)
+            session = incoming.accept(ctx.response_headers)
+            ctx.session = session
+            ctx.status = 200
+            ctx.accepted_at = time.monotonic()
+            session.taps = tuple(ctx.taps)
+            for tap in session.taps:
+                tap.attached(session)
+            done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._live[session] = done
+            try:
+                for hook in self.on_connect:
+                    await _call_hook(hook, ctx)
+                failure = await run_handler(handler_class, ctx, session)
+            finally:
+                ctx.close_info = session.close_info
+                self._live.pop(session, None)
+                if not done.done():
+                    done.set_result(None)
+                for hook in self.on_disconnect:
+                    with contextlib.suppress(Exception):
+                        await _call_hook(hook, ctx)
+            if failure is not None:
+                raise failure
+
+        return accept_and_run
+
+
+async def _call_hook(hook: SessionHook, ctx: SessionContext) -> None:
+    result = hook(ctx)
+    if result is not None:
+        await result
+
+
+async def run_handler(handler_class: Any, ctx: SessionContext, session: Any) -> BaseException | None:
+    """Start the handler actor for `session`, wait for it to stop, return its failure."""
+    from aiowt.actors._handler import run_session
+
+    return await run_session(handler_class, ctx, session)

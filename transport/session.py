@@ -1,0 +1,492 @@
+"""Transport-level sessions and streams, shared by server and client.
+
+A `Session` is one WebTransport session on one QUIC connection. Its traffic goes
+either to a `SessionListener` (the actor layer attaches one, so every event becomes a
+message for the session actor) or, with no listener, into bounded queues read with
+the pull API (`receive_datagram`, `accept_stream`, `Stream.read`), which is what the
+Python client uses. Writes are synchronous and never block the loop; `drain()` waits
+for a stream's send buffer to fall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Protocol
+
+from .codes import CloseCode
+from .context import CloseInfo
+from .errors import (
+    DatagramTooLarge,
+    SessionClosedError,
+    StreamClosedError,
+    UsageError,
+    WriteBufferFull,
+)
+from .framing import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder, decode_message, encode_frame
+from .request import ConnectRequest
+
+if TYPE_CHECKING:
+    from ._protocol import WebTransportProtocol
+
+__all__ = ["Session", "SessionListener", "SessionTap", "Stream"]
+
+
+class SessionListener(Protocol):
+    """Receives a session's events, in order, on the event loop. Must not block."""
+
+    def datagram_received(self, data: bytes) -> None: ...
+    def stream_opened(self, stream: Stream) -> None: ...
+    def stream_data_received(self, stream: Stream, data: bytes, end_stream: bool) -> None: ...
+    def stream_reset(self, stream: Stream, code: int) -> None: ...
+    def session_draining(self) -> None: ...
+    def session_closed(self, info: CloseInfo) -> None: ...
+
+
+class SessionTap:
+    """Sees a session's traffic at the transport, before any handler does.
+
+    Middleware attach taps (rate limits, idle timers, byte counters). Every method is a
+    no-op by default; the inbound ones return False to drop a datagram or refuse a
+    stream. Taps run on the loop, synchronously, on the hot path: keep them cheap.
+    """
+
+    def attached(self, session: Session) -> None:
+        """The session was accepted; the tap may keep it to close it later."""
+
+    def datagram_in(self, session: Session, size: int) -> bool:
+        return True
+
+    def stream_opened(self, session: Session, stream: Stream) -> bool:
+        return True
+
+    def stream_data_in(self, session: Session, stream: Stream, size: int) -> bool:
+        """Return False to reset the stream (stream data cannot be dropped piecemeal)."""
+        return True
+
+    def stream_closed(self, session: Session, stream: Stream) -> None:
+        """Both directions of a stream of this session ended (cleanly or not)."""
+
+    def datagram_out(self, session: Session, size: int) -> None:
+        pass
+
+    def stream_data_out(self, session: Session, stream: Stream, size: int) -> None:
+        pass
+
+    def closed(self, session: Session, info: CloseInfo) -> None:
+        pass
+
+
+class Stream:
+    """One WebTransport stream, bidirectional or unidirectional, opened by either side."""
+
+    __slots__ = (
+        "_chunks",
+        "_decoder",
+        "_eof",
+        "_read_reset",
+        "_send_open",
+        "_waiter",
+        "_drain_waiter",
+        "_messages",
+        "buffered",
+        "opened_locally",
+        "recv_open",
+        "session",
+        "stream_id",
+        "unidirectional",
+    )
+
+    def __init__(
+        self, session: Session, stream_id: int, *, unidirectional: bool, opened_locally: bool
+    ) -> None:
+        self.session = session
+        self.stream_id = stream_id
+        self.unidirectional = unidirectional
+        self.opened_locally = opened_locally
+        self._send_open = opened_locally or not unidirectional
+        self.recv_open = not (unidirectional and opened_locally)
+        self._chunks: collections.deque[bytes] = collections.deque()
+        self.buffered = 0
+        self._eof = False
+        self._read_reset: int | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._decoder: FrameDecoder | None = None
+        self._messages: collections.deque[Any] = collections.deque()
+
+    def __repr__(self) -> str:
+        kind = "uni" if self.unidirectional else "bidi"
+        side = "local" if self.opened_locally else "peer"
+        return f"<Stream {self.stream_id} {kind} {side}>"
+
+    # --- sending ----------------------------------------------------------------------
+    @property
+    def writable(self) -> bool:
+        return self._send_open and not self.session.closed
+
+    def write(self, data: bytes, *, end_stream: bool = False) -> None:
+        """Queue `data` for sending; raises if the send side is closed or over its bound."""
+        if not self._send_open:
+            raise StreamClosedError(self.stream_id, "send side is closed")
+        self.session._check_open()
+        if end_stream:
+            self._send_open = False
+        self.session._protocol.send_stream_data(self, data, end_stream)
+
+    def send_message(self, message: Any, *, end_stream: bool = False) -> None:
+        """Send one msgpack frame."""
+        self.write(encode_frame(message, max_size=self.session.max_message_size), end_stream=end_stream)
+
+    def finish(self) -> None:
+        """Send FIN: the send side ends cleanly. Idempotent."""
+        if self._send_open and not self.session.closed:
+            self.write(b"", end_stream=True)
+
+    def reset(self, code: int = 0) -> None:
+        """Abort the send side with an application error code. Idempotent."""
+        if self._send_open and not self.session.closed:
+            self._send_open = False
+            self.session._protocol.reset_stream(self, code)
+
+    def stop(self, code: int = 0) -> None:
+        """Ask the peer to stop sending (STOP_SENDING); local reads end. Idempotent."""
+        if self.recv_open and not self.session.closed:
+            self.recv_open = False
+            self._eof = True
+            self._wake()
+            self.session._protocol.stop_stream(self, code)
+
+    async def drain(self) -> None:
+        """Wait until the send buffer is below the low-water mark."""
+        protocol = self.session._protocol
+        while protocol.send_buffer_size(self) > self.session.send_buffer_low:
+            if self.session.closed:
+                raise SessionClosedError()
+            if self._drain_waiter is None or self._drain_waiter.done():
+                self._drain_waiter = asyncio.get_running_loop().create_future()
+            protocol.watch_drain(self)
+            await self._drain_waiter
+
+    # --- receiving (pull API, when no listener is attached) ---------------------------
+    async def read(self, max_bytes: int = -1) -> bytes:
+        """The next bytes received; `b""` at the end of the stream."""
+        while not self._chunks:
+            if self._read_reset is not None:
+                raise StreamClosedError(self.stream_id, "reset by peer", code=self._read_reset)
+            if self._eof:
+                return b""
+            await self._wait()
+        chunk = self._chunks.popleft()
+        if 0 <= max_bytes < len(chunk):
+            self._chunks.appendleft(chunk[max_bytes:])
+            chunk = chunk[:max_bytes]
+        self.buffered -= len(chunk)
+        return chunk
+
+    async def read_all(self, limit: int = 64 * 1024 * 1024) -> bytes:
+        """Everything until the end of the stream (at most `limit` bytes)."""
+        parts: list[bytes] = []
+        size = 0
+        while chunk := await self.read():
+            size += len(chunk)
+            if size > limit:
+                raise UsageError(f"stream {self.stream_id} sent more than {limit} bytes")
+            parts.append(chunk)
+        return b"".join(parts)
+
+    async def receive_message(self) -> Any:
+        """The next msgpack frame; `StreamClosedError` when the stream ends first."""
+        if self._decoder is None:
+            self._decoder = FrameDecoder(self.session.max_message_size)
+        while not self._messages:
+            chunk = await self.read()
+            if not chunk:
+                self._decoder.close()
+                raise StreamClosedError(self.stream_id, "ended")
+            self._messages.extend(self._decoder.feed(chunk))
+        return self._messages.popleft()
+
+    async def messages(self) -> AsyncIterator[Any]:
+        """Iterate over msgpack frames until the stream ends."""
+        while True:
+            try:
+                yield await self.receive_message()
+            except StreamClosedError as exc:
+                if exc.code:
+                    raise
+                return
+
+    # --- called by the protocol ---------------------------------------------------------
+    def _feed(self, data: bytes, end_stream: bool) -> None:
+        if data:
+            self._chunks.append(data)
+            self.buffered += len(data)
+        if end_stream:
+            self._eof = True
+            self.recv_open = False
+        self._wake()
+
+    def _feed_reset(self, code: int) -> None:
+        self._read_reset = code
+        self.recv_open = False
+        self._wake()
+
+    def _send_closed(self) -> None:
+        self._send_open = False
+        self._wake_drain()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _wake_drain(self) -> None:
+        if self._drain_waiter is not None and not self._drain_waiter.done():
+            self._drain_waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await self._waiter
+        finally:
+            self._waiter = None
+
+
+class Session:
+    """One WebTransport session: datagrams, streams, and its close.
+
+    All methods must be called on the event loop that owns the connection.
+    """
+
+    max_queued_datagrams = 1024
+    """Pull API bound: older datagrams are dropped (and counted) past it."""
+
+    def __init__(
+        self,
+        protocol: WebTransportProtocol,
+        session_id: int,
+        request: ConnectRequest,
+        *,
+        max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        send_buffer_high: int = 4 * 1024 * 1024,
+        send_buffer_low: int = 256 * 1024,
+    ) -> None:
+        self._protocol = protocol
+        self.session_id = session_id
+        self.request = request
+        self.max_message_size = max_message_size
+        self.send_buffer_high = send_buffer_high
+        self.send_buffer_low = send_buffer_low
+        self.streams: dict[int, Stream] = {}
+        self.taps: tuple[SessionTap, ...] = ()
+        self.listener: SessionListener | None = None
+        self.close_info: CloseInfo | None = None
+        self.datagrams_dropped = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self._closed_waiter: asyncio.Future[CloseInfo] = (
+            asyncio.get_running_loop().create_future()
+        )
+        self._datagrams: collections.deque[bytes] = collections.deque()
+        self._incoming: collections.deque[Stream] = collections.deque()
+        self._waiters: list[asyncio.Future[None]] = []
+        self._release: Callable[[bool], Awaitable[None]] | None = None
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<Session {self.session_id} {self.request.path} {state}>"
+
+    # --- state ------------------------------------------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self.close_info is not None
+
+    @property
+    def max_datagram_size(self) -> int:
+        """The largest datagram payload that fits one QUIC packet on this connection."""
+        return self._protocol.max_datagram_payload(self.session_id)
+
+    async def wait_closed(self) -> CloseInfo:
+        """Wait for the session to end, however it ends."""
+        return await asyncio.shield(self._closed_waiter)
+
+    def attach(self, listener: SessionListener) -> None:
+        """Route every later event to `listener`, replaying anything already queued."""
+        self.listener = listener
+        while self._incoming:
+            stream = self._incoming.popleft()
+            listener.stream_opened(stream)
+        for stream in list(self.streams.values()):
+            if stream._chunks or stream._eof:
+                data = b"".join(stream._chunks)
+                stream._chunks.clear()
+                stream.buffered = 0
+                listener.stream_data_received(stream, data, stream._eof)
+        while self._datagrams:
+            listener.datagram_received(self._datagrams.popleft())
+        if self.close_info is not None:
+            listener.session_closed(self.close_info)
+
+    # --- sending ----------------------------------------------------------------------------
+    def send_datagram(self, data: bytes) -> None:
+        """Send one datagram; `DatagramTooLarge` if it cannot fit a packet."""
+        self._check_open()
+        limit = self.max_datagram_size
+        if len(data) > limit:
+            raise DatagramTooLarge(len(data), limit)
+        self._protocol.send_datagram(self, data)
+
+    def send_datagram_message(self, message: Any) -> None:
+        """Send one msgpack object as one datagram."""
+        from .framing import encode_message
+
+        self.send_datagram(encode_message(message))
+
+    def open_stream(self, *, unidirectional: bool = False) -> Stream:
+        """Open a stream to the peer; it can be written to at once."""
+        self._check_open()
+        return self._protocol.open_stream(self, unidirectional)
+
+    def close(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close the session with an application code and reason (sends the close capsule)."""
+        if self.closed:
+            return
+        self._protocol.close_session(self, int(code), reason)
+
+    async def aclose(self, code: int = CloseCode.NORMAL, reason: str = "") -> None:
+        """Close the session and, for a client, its QUIC connection once the capsule is out."""
+        self.close(code, reason)
+        if self._release is not None:
+            release, self._release = self._release, None
+            await release(False)
+
+    async def abort(self) -> None:
+        """Client only: drop the connection without a close capsule (an abrupt disconnect)."""
+        if self._release is None:
+            raise UsageError("abort() is for client sessions")
+        release, self._release = self._release, None
+        await release(True)
+
+    async def __aenter__(self) -> Session:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    # --- receiving (pull API) ---------------------------------------------------------------
+    async def receive_datagram(self) -> bytes:
+        """The next datagram; `SessionClosedError` once the session has ended."""
+        while not self._datagrams:
+            self._raise_if_closed()
+            await self._wait()
+        return self._datagrams.popleft()
+
+    async def receive_datagram_message(self) -> Any:
+        return decode_message(await self.receive_datagram(), max_size=self.max_message_size)
+
+    async def accept_stream(self) -> Stream:
+        """The next stream the peer opened."""
+        while not self._incoming:
+            self._raise_if_closed()
+            await self._wait()
+        return self._incoming.popleft()
+
+    # --- called by the protocol ---------------------------------------------------------------
+    def _check_open(self) -> None:
+        if self.close_info is not None:
+            raise SessionClosedError(self.close_info.code, self.close_info.reason)
+
+    def _raise_if_closed(self) -> None:
+        if self.close_info is not None:
+            raise SessionClosedError(self.close_info.code, self.close_info.reason)
+
+    def _on_datagram(self, data: bytes) -> None:
+        self.bytes_in += len(data)
+        for tap in self.taps:
+            if not tap.datagram_in(self, len(data)):
+                return
+        if self.listener is not None:
+            self.listener.datagram_received(data)
+            return
+        if len(self._datagrams) >= self.max_queued_datagrams:
+            self._datagrams.popleft()
+            self.datagrams_dropped += 1
+        self._datagrams.append(data)
+        self._wake()
+
+    def _on_stream_opened(self, stream: Stream) -> bool:
+        for tap in self.taps:
+            if not tap.stream_opened(self, stream):
+                return False
+        self.streams[stream.stream_id] = stream
+        if self.listener is not None:
+            self.listener.stream_opened(stream)
+        else:
+            self._incoming.append(stream)
+            self._wake()
+        return True
+
+    def _on_stream_data(self, stream: Stream, data: bytes, end_stream: bool) -> bool:
+        self.bytes_in += len(data)
+        for tap in self.taps:
+            if not tap.stream_data_in(self, stream, len(data)):
+                return False
+        if self.listener is not None:
+            if end_stream:
+                stream.recv_open = False
+            self.listener.stream_data_received(stream, data, end_stream)
+        else:
+            stream._feed(data, end_stream)
+        return True
+
+    def _on_stream_reset(self, stream: Stream, code: int) -> None:
+        stream._feed_reset(code)
+        if self.listener is not None:
+            self.listener.stream_reset(stream, code)
+
+    def _on_stream_finished(self, stream: Stream) -> None:
+        if self.streams.pop(stream.stream_id, None) is not None:
+            for tap in self.taps:
+                tap.stream_closed(self, stream)
+
+    def _on_draining(self) -> None:
+        if self.listener is not None:
+            self.listener.session_draining()
+
+    def _on_closed(self, info: CloseInfo) -> None:
+        if self.close_info is not None:
+            return
+        self.close_info = info
+        for stream in self.streams.values():
+            stream._send_open = False
+            stream.recv_open = False
+            stream._eof = True
+            stream._wake()
+            stream._wake_drain()
+        for tap in self.taps:
+            tap.closed(self, info)
+        if not self._closed_waiter.done():
+            self._closed_waiter.set_result(info)
+        self._wake()
+        if self.listener is not None:
+            self.listener.session_closed(info)
+
+    def _wake(self) -> None:
+        # Datagram readers and stream acceptors wait side by side: wake them all.
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _wait(self) -> None:
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
+        await waiter
+
+    def _check_send_buffer(self, stream: Stream) -> None:
+        if self._protocol.send_buffer_size(stream) > self.send_buffer_high:
+            raise WriteBufferFull(
+                f"stream {stream.stream_id}: peer is not reading; send buffer above "
+                f"{self.send_buffer_high} bytes"
+            )
