@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from types import TracebackType
 from typing import Any, ClassVar
 
@@ -194,7 +195,14 @@ class Handler(LoopActor):
 
 
 _TRANSPORT_EVENTS = frozenset(
-    {DatagramReceived, StreamDataReceived, StreamOpened, StreamReset, SessionDraining, SessionClosed}
+    {
+        DatagramReceived,
+        StreamDataReceived,
+        StreamOpened,
+        StreamReset,
+        SessionDraining,
+        SessionClosed,
+    }
 )
 
 
@@ -207,10 +215,9 @@ class _ActorListener:
         self._put = ref.tell
 
     def _tell(self, message: object) -> None:
-        try:
+        # The handler may have stopped already: late traffic has nowhere to go.
+        with contextlib.suppress(pykka.ActorDeadError):
             self._put(message)
-        except pykka.ActorDeadError:
-            pass  # the handler already stopped; late traffic has nowhere to go
 
     def datagram_received(self, data: bytes) -> None:
         self._tell(DatagramReceived(data))

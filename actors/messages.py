@@ -52,5 +52,10 @@ class SessionClosed:
 
 
 TransportEvent = (
-    DatagramReceived | StreamOpened | StreamDataReceived | StreamReset | SessionDraining | SessionClosed
+    DatagramReceived
+    | StreamOpened
+    | StreamDataReceived
+    | StreamReset
+    | SessionDraining
+    | SessionClosed
 )

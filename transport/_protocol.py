@@ -12,15 +12,17 @@ iteration so that bursts share packets.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.connection import ProtocolError as H3ProtocolError
 from aioquic.h3.events import (
-    DataReceived,
     DatagramReceived,
+    DataReceived,
     H3Event,
     HeadersReceived,
     WebTransportStreamDataReceived,
@@ -41,6 +43,9 @@ from .context import CloseInfo
 from .errors import HandshakeError, PeerError, SessionClosedError, UsageError
 from .request import ConnectRequest
 from .session import Session, Stream
+
+_STREAM_GONE = (RuntimeError, ValueError, H3ProtocolError)
+"""What aioquic raises for a send, reset or stop on a stream already ended or unknown."""
 
 __all__ = ["IncomingSession", "WebTransportProtocol", "app_to_h3_code", "h3_to_app_code"]
 
@@ -186,9 +191,10 @@ class WebTransportProtocol(QuicConnectionProtocol):
             if stream is not None:
                 self._deliver(stream, event.data, event.end_stream)
             return
-        if isinstance(event, StreamReset | StopSendingReceived):
-            if self._handle_stream_abort(event):
-                return
+        if isinstance(event, StreamReset | StopSendingReceived) and self._handle_stream_abort(
+            event
+        ):
+            return
         for h3_event in self._h3.handle_event(event):
             self._h3_event_received(h3_event)
         self._check_settings()
@@ -291,9 +297,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
             self._connect_stream_data(stream_id, incoming._early_data, False)
         return session
 
-    def reject(
-        self, stream_id: int, status: int, reason: str, headers: Any = ()
-    ) -> None:
+    def reject(self, stream_id: int, status: int, reason: str, headers: Any = ()) -> None:
         self._pending.pop(stream_id, None)
         if self.is_closed:
             return
@@ -301,11 +305,9 @@ class WebTransportProtocol(QuicConnectionProtocol):
         if reason:
             response.append((b"aiowt-reason", _header_safe(reason).encode()))
         response += [(k.lower().encode(), v.encode()) for k, v in headers]
-        try:
+        # The stream may already be gone (the peer reset it): a verdict to nobody is fine.
+        with contextlib.suppress(*_STREAM_GONE):
             self.h3.send_headers(stream_id, response, end_stream=True)
-        except Exception:
-            # The stream may already be gone (peer reset it); a verdict to nobody is fine.
-            return
         self._flush()
 
     # --- handshake (client side) --------------------------------------------------------------
@@ -381,11 +383,8 @@ class WebTransportProtocol(QuicConnectionProtocol):
     def close_session(self, session: Session, code: int, reason: str) -> None:
         """Send the close capsule with FIN, reset the session's streams, end the session."""
         if session.session_id in self.sessions and not self.is_closed:
-            try:
+            with contextlib.suppress(*_STREAM_GONE):
                 self.h3.send_data(session.session_id, encode_close(code, reason), end_stream=True)
-            except Exception:
-                # The CONNECT stream was already finished by a racing close; nothing to send.
-                pass
             self._flush()
         self._finish_session(session, CloseInfo(code, reason, False))
 
@@ -400,23 +399,18 @@ class WebTransportProtocol(QuicConnectionProtocol):
             self._forget_stream(stream)
         if alive and info.by_peer:
             # Answer the peer's close with our FIN on the CONNECT stream, as the draft asks.
-            try:
+            with contextlib.suppress(*_STREAM_GONE):
                 self.h3.send_data(session.session_id, b"", end_stream=True)
-            except Exception:
-                pass
         session._on_closed(info)
         self._flush()
 
     def _abort_stream_quietly(self, stream: Stream) -> None:
         sid = stream.stream_id
-        try:
+        with contextlib.suppress(*_STREAM_GONE):
             if self._quic._stream_can_send(sid) and stream._send_open:
                 self._quic.reset_stream(sid, WT_SESSION_GONE)
             if stream.recv_open and self._quic._stream_can_receive(sid):
                 self._quic.stop_stream(sid, WT_SESSION_GONE)
-        except Exception:
-            # aioquic raises for streams already closed in either direction; ignore.
-            pass
 
     # --- streams ----------------------------------------------------------------------------
     def open_stream(self, session: Session, unidirectional: bool) -> Stream:
@@ -464,13 +458,11 @@ class WebTransportProtocol(QuicConnectionProtocol):
             self._maybe_forget(stream)
 
     def _refuse(self, stream_id: int, h3_code: int) -> None:
-        try:
+        with contextlib.suppress(*_STREAM_GONE):
             if self._quic._stream_can_receive(stream_id):
                 self._quic.stop_stream(stream_id, h3_code)
             if not stream_is_unidirectional(stream_id) and self._quic._stream_can_send(stream_id):
                 self._quic.reset_stream(stream_id, h3_code)
-        except Exception:
-            pass
         self._flush()
 
     def send_stream_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
@@ -487,19 +479,15 @@ class WebTransportProtocol(QuicConnectionProtocol):
             session._check_send_buffer(stream)
 
     def reset_stream(self, stream: Stream, code: int) -> None:
-        try:
+        with contextlib.suppress(*_STREAM_GONE):
             self._quic.reset_stream(stream.stream_id, app_to_h3_code(code))
-        except Exception:
-            pass
         self._flush()
         stream._wake_drain()
         self._maybe_forget(stream)
 
     def stop_stream(self, stream: Stream, code: int) -> None:
-        try:
+        with contextlib.suppress(*_STREAM_GONE):
             self._quic.stop_stream(stream.stream_id, app_to_h3_code(code))
-        except Exception:
-            pass
         self._flush()
         self._maybe_forget(stream)
 
@@ -545,7 +533,10 @@ class WebTransportProtocol(QuicConnectionProtocol):
 
     def _check_drain(self) -> None:
         for stream in list(self._drain_watch):
-            if self.send_buffer_size(stream) <= stream.session.send_buffer_low or not stream._send_open:
+            if (
+                self.send_buffer_size(stream) <= stream.session.send_buffer_low
+                or not stream._send_open
+            ):
                 self._drain_watch.discard(stream)
                 stream._wake_drain()
 

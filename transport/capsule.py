@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aioquic.buffer import Buffer, BufferReadError, encode_uint_var
+from aioquic._buffer import Buffer, BufferReadError
+from aioquic.buffer import encode_uint_var
 
 from .errors import PeerError
 

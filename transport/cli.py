@@ -36,10 +36,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     run = commands.add_parser("run", help="serve MODULE:ATTR (a Server)")
     run.add_argument("target", metavar="MODULE:ATTR")
     run.add_argument("--host", default=None, help="bind address (default: the server's, '::')")
-    run.add_argument("--port", type=int, default=None, help="UDP port (default: the server's, 4433)")
+    run.add_argument(
+        "--port", type=int, default=None, help="UDP port (default: the server's, 4433)"
+    )
     tls = run.add_mutually_exclusive_group()
     tls.add_argument("--cert", help="certificate chain (PEM); needs --key")
-    tls.add_argument("--self-signed", action="store_true", help="a fresh 13-day development certificate (the default)")
+    tls.add_argument(
+        "--self-signed",
+        action="store_true",
+        help="a fresh 13-day development certificate (the default)",
+    )
     run.add_argument("--key", help="private key (PEM)")
 
     cert = commands.add_parser("cert", help="write a self-signed development certificate")

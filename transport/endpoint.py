@@ -18,8 +18,8 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from .errors import HandshakeError, UsageError
 from ._protocol import OnRequest, WebTransportProtocol
+from .errors import HandshakeError, UsageError
 from .session import Session
 
 __all__ = ["Listener", "connect", "listen", "quic_configuration"]
@@ -29,7 +29,9 @@ RECEIVE_BUFFER = 4 * 1024 * 1024
 """The kernel default (~212 KB) dropped first-flight packets under handshake load."""
 
 
-def quic_configuration(*, is_client: bool, idle_timeout: float = 30.0, **options: Any) -> QuicConfiguration:
+def quic_configuration(
+    *, is_client: bool, idle_timeout: float = 30.0, **options: Any
+) -> QuicConfiguration:
     """A QUIC configuration for HTTP/3 WebTransport (datagrams enabled on both sides)."""
     return QuicConfiguration(
         alpn_protocols=H3_ALPN,

@@ -19,12 +19,12 @@ import structlog
 
 from aiowt.middleware.chain import CallNext, Middleware, build_chain
 
+from ._protocol import IncomingSession
 from .codes import CloseCode
 from .context import Key, SessionContext
 from .endpoint import Listener, listen, quic_configuration
 from .errors import Rejected, SessionClosedError, UsageError
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
-from ._protocol import IncomingSession
 from .router import Route, RouteGroup, Router
 from .tls import SelfSignedCertificate, generate_self_signed, load_into
 
@@ -121,6 +121,11 @@ class Server:
     def live_sessions(self) -> int:
         return len(self._live)
 
+    async def wait_idle(self) -> None:
+        """Wait until no session is live (each one's middleware after-parts have run)."""
+        while self._live:
+            await asyncio.wait(list(self._live.values()))
+
     # --- running -------------------------------------------------------------------------------
     async def start(self) -> None:
         """Bind, build the chains, and begin accepting. Returns once listening."""
@@ -164,7 +169,9 @@ class Server:
         lines = [f"aiowt serving WebTransport on https://{shown}:{port} (udp {host})"]
         lines += [f"  route {route.pattern}" for route in self._router.routes()]
         if self.certificate is not None:
-            lines.append(f"  certificate sha256 (serverCertificateHashes): {self.certificate.sha256_hex}")
+            lines.append(
+                f"  certificate sha256 (serverCertificateHashes): {self.certificate.sha256_hex}"
+            )
             lines.append(
                 "  spki sha256 (--ignore-certificate-errors-spki-list): "
                 f"{self.certificate.spki_sha256_b64}"
@@ -296,8 +303,10 @@ class Server:
                 if not done.done():
                     done.set_result(None)
                 for hook in self.on_disconnect:
-                    with contextlib.suppress(Exception):
+                    try:
                         await _call_hook(hook, ctx)
+                    except Exception:
+                        log.exception("on_disconnect hook failed", **ctx.ids)
             if failure is not None:
                 raise failure
 
@@ -310,7 +319,9 @@ async def _call_hook(hook: SessionHook, ctx: SessionContext) -> None:
         await result
 
 
-async def run_handler(handler_class: Any, ctx: SessionContext, session: Any) -> BaseException | None:
+async def run_handler(
+    handler_class: Any, ctx: SessionContext, session: Any
+) -> BaseException | None:
     """Start the handler actor for `session`, wait for it to stop, return its failure."""
     from aiowt.actors._handler import run_session
 

@@ -84,12 +84,12 @@ class Stream:
     __slots__ = (
         "_chunks",
         "_decoder",
+        "_drain_waiter",
         "_eof",
+        "_messages",
         "_read_reset",
         "_send_open",
         "_waiter",
-        "_drain_waiter",
-        "_messages",
         "buffered",
         "opened_locally",
         "recv_open",
@@ -137,7 +137,9 @@ class Stream:
 
     def send_message(self, message: Any, *, end_stream: bool = False) -> None:
         """Send one msgpack frame."""
-        self.write(encode_frame(message, max_size=self.session.max_message_size), end_stream=end_stream)
+        self.write(
+            encode_frame(message, max_size=self.session.max_message_size), end_stream=end_stream
+        )
 
     def finish(self) -> None:
         """Send FIN: the send side ends cleanly. Idempotent."""
@@ -285,9 +287,7 @@ class Session:
         self.datagrams_dropped = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self._closed_waiter: asyncio.Future[CloseInfo] = (
-            asyncio.get_running_loop().create_future()
-        )
+        self._closed_waiter: asyncio.Future[CloseInfo] = asyncio.get_running_loop().create_future()
         self._datagrams: collections.deque[bytes] = collections.deque()
         self._incoming: collections.deque[Stream] = collections.deque()
         self._waiters: list[asyncio.Future[None]] = []

@@ -31,6 +31,19 @@ async def within(awaitable: Awaitable[T]) -> T:
     return await asyncio.wait_for(awaitable, TIMEOUT)
 
 
+async def until(predicate: Any) -> None:
+    """Yield to the loop until `predicate()` holds; bounded, and fails if it never does."""
+    for _ in range(10_000):
+        if predicate():
+            return
+        await asyncio.sleep(0.0005)
+    raise AssertionError(f"condition never held: {predicate}")
+
+
+def awaiting(future: LoopFuture[Any]) -> bool:
+    return bool(future._loop_waiters)
+
+
 async def in_thread(func: Any, *args: Any, **kwargs: Any) -> Any:
     return await within(asyncio.to_thread(func, *args, **kwargs))
 
@@ -41,7 +54,7 @@ def isolated_registry(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[pykka.Ac
     # and registry assertions, confined to the actors of one test.
     refs: list[pykka.ActorRef[Any]] = []
     monkeypatch.setattr(ActorRegistry, "_actor_refs", refs)
-    yield refs
+    return refs
 
 
 # --- actors used below -------------------------------------------------------------------
@@ -317,8 +330,7 @@ async def test_get_from_a_thread_times_out() -> None:
 async def test_set_from_a_thread_wakes_an_awaiting_task() -> None:
     future: LoopFuture[int] = LoopFuture()
     waiting = asyncio.create_task(within(future))
-    await asyncio.sleep(0)  # one loop step: the task is now suspended on the future
-    assert future._loop_waiters is not None and len(future._loop_waiters) == 1
+    await until(lambda: awaiting(future))
     await in_thread(future.set, 7)
     assert await within(waiting) == 7
 
@@ -326,7 +338,7 @@ async def test_set_from_a_thread_wakes_an_awaiting_task() -> None:
 async def test_set_exception_from_a_thread_reaches_the_awaiting_task() -> None:
     future: LoopFuture[int] = LoopFuture()
     waiting = asyncio.create_task(within(future))
-    await asyncio.sleep(0)
+    await until(lambda: awaiting(future))
 
     def fail() -> None:
         try:
@@ -342,11 +354,7 @@ async def test_set_exception_from_a_thread_reaches_the_awaiting_task() -> None:
 async def test_a_thread_blocked_in_get_is_woken_by_set() -> None:
     future: LoopFuture[str] = LoopFuture()
     getter = asyncio.create_task(in_thread(future.get, timeout=TIMEOUT))
-    for _ in range(1000):  # bounded wait for the thread to block
-        if future._thread_waiter is not None:
-            break
-        await asyncio.sleep(0.001)
-    assert future._thread_waiter is not None
+    await until(lambda: future._thread_waiter is not None)
     future.set("woken")
     assert await within(getter) == "woken"
 
@@ -374,11 +382,10 @@ async def test_derived_futures_are_awaitable_without_blocking() -> None:
     joined = asyncio.create_task(within(first.join(second)))
     reduced = asyncio.create_task(within(first.join(second).reduce(lambda a, b: a + b)))
     filtered = asyncio.create_task(within(first.join(second).filter(lambda x: x > 1)))
-    await asyncio.sleep(0)
-    assert not any(t.done() for t in (mapped, joined, reduced, filtered))
+    await until(lambda: first._loop_waiters is not None and len(first._loop_waiters) == 4)
     second.set(2)
-    await asyncio.sleep(0)
-    assert not joined.done()
+    await until(lambda: first._loop_waiters is not None and len(first._loop_waiters) == 4)
+    assert not any(t.done() for t in (mapped, joined, reduced, filtered))
     first.set(1)
     assert await within(mapped) == 10
     assert await within(joined) == [1, 2]
@@ -389,7 +396,7 @@ async def test_derived_futures_are_awaitable_without_blocking() -> None:
 async def test_a_derived_future_propagates_the_dependency_error() -> None:
     future: LoopFuture[int] = LoopFuture()
     derived = asyncio.create_task(within(future.map(lambda x: x + 1)))
-    await asyncio.sleep(0)
+    await until(lambda: awaiting(future))
     future.set_exception((ValueError, ValueError("bad"), None))
     with pytest.raises(ValueError, match="bad"):
         await within(derived)
@@ -398,7 +405,7 @@ async def test_a_derived_future_propagates_the_dependency_error() -> None:
 async def test_a_get_hook_set_while_awaiting_wakes_the_awaiter() -> None:
     future: LoopFuture[int] = LoopFuture()
     waiting = asyncio.create_task(within(future))
-    await asyncio.sleep(0)
+    await until(lambda: awaiting(future))
     future.set_get_hook(lambda timeout: 42)
     assert await within(waiting) == 42
 
@@ -406,7 +413,7 @@ async def test_a_get_hook_set_while_awaiting_wakes_the_awaiter() -> None:
 async def test_a_cancelled_awaiter_leaves_no_waiter_behind() -> None:
     future: LoopFuture[int] = LoopFuture()
     waiting = asyncio.create_task(within(future))
-    await asyncio.sleep(0)
+    await until(lambda: awaiting(future))
     waiting.cancel()
     with pytest.raises(asyncio.CancelledError):
         await waiting
@@ -448,7 +455,8 @@ async def test_exception_in_tell_logs_and_stops_the_actor() -> None:
     assert not ref.is_alive()
     assert ActorRegistry.get_by_urn(ref.actor_urn) is None
     errors = [e for e in logs if e["log_level"] == "error"]
-    assert errors and errors[0]["event"] == "unhandled exception in actor"
+    assert errors
+    assert errors[0]["event"] == "unhandled exception in actor"
     with pytest.raises(ActorDeadError):
         await within(ref.ask("x", block=False))
 
@@ -537,7 +545,8 @@ async def test_cancelling_the_task_fails_in_flight_and_queued_asks() -> None:
     queued = ref.ask("next", block=False)
     await in_thread(entered.wait, TIMEOUT)
     actor = ref._actor_weakref()
-    assert actor is not None and actor._actor_task is not None
+    assert actor is not None
+    assert actor._actor_task is not None
     task = actor._actor_task
     task.cancel()
     with pytest.raises(ActorDeadError):

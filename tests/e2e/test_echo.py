@@ -48,7 +48,9 @@ async def test_messages_on_a_stream_come_back_as_the_same_objects(
             assert await stream.receive_message() == message
 
 
-async def test_unidirectional_stream_echo(make_server: ServerFactory, client: ClientFactory) -> None:
+async def test_unidirectional_stream_echo(
+    make_server: ServerFactory, client: ClientFactory
+) -> None:
     server = await make_server(echo_routes)
     session = await client(server, "/echo")
     outbound = session.open_stream(unidirectional=True)
@@ -98,7 +100,13 @@ async def test_stream_echo_preserves_any_chunking(
 ) -> None:
     server = await make_server(echo_routes)
     session = await client(server, "/echo")
-    patterns = [[b""], [b"a"], [b"", b"b", b""], [b"x" * 1, b"y" * 1500, b"z" * 3000], [b"q" * 70000]]
+    patterns = [
+        [b""],
+        [b"a"],
+        [b"", b"b", b""],
+        [b"x" * 1, b"y" * 1500, b"z" * 3000],
+        [b"q" * 70000],
+    ]
     async with bounded(10):
         for chunks in patterns:
             stream = session.open_stream()

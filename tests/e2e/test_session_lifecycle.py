@@ -8,6 +8,7 @@ from typing import Any, ClassVar
 import pytest
 
 from aiowt.actors import Handler
+from aiowt.middleware.chain import CallNext
 from aiowt.transport import (
     CloseCode,
     CloseInfo,
@@ -18,7 +19,6 @@ from aiowt.transport import (
     SessionContext,
     Stream,
 )
-from aiowt.middleware.chain import CallNext
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
 
@@ -137,8 +137,7 @@ async def test_abrupt_disconnect_stops_the_actor_and_runs_on_stop(
     stop = await next_event(events, "stop")
     assert stop.code == CloseCode.ABORTED
     async with bounded():
-        while server.live_sessions:
-            await asyncio.sleep(0.01)
+        await server.wait_idle()
 
 
 async def test_handler_exception_closes_only_that_session(

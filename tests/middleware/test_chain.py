@@ -7,6 +7,9 @@ import functools
 from collections.abc import Awaitable
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
 from aiowt.middleware.chain import (
     CallNext,
     Chain,
@@ -17,8 +20,6 @@ from aiowt.middleware.chain import (
 from aiowt.transport.context import SessionContext
 from aiowt.transport.errors import Rejected, UsageError
 from aiowt.transport.request import ConnectRequest
-from hypothesis import given
-from hypothesis import strategies as st
 
 
 def make_ctx(path: str = "/chat") -> SessionContext:

@@ -6,13 +6,14 @@ from collections.abc import Sequence
 from urllib.parse import quote, unquote
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
+
 from aiowt.middleware.chain import CallNext, Middleware, build_chain
 from aiowt.transport.context import SessionContext
 from aiowt.transport.errors import UsageError
 from aiowt.transport.request import ConnectRequest
 from aiowt.transport.router import Route, RouteGroup, RouteMatch, Router
-from hypothesis import assume, given
-from hypothesis import strategies as st
 
 
 class Handler:
