@@ -69,11 +69,11 @@ class Handler(LoopActor):
         self._on_stop_ran = False
 
     # --- the API for sending ---------------------------------------------------------------
-    def send_datagram(self, data: bytes) -> None:
-        self.session.send_datagram(data)
+    def send_datagram(self, data: bytes) -> bool:
+        return self.session.send_datagram(data)
 
-    def send_datagram_message(self, message: Any) -> None:
-        self.session.send_datagram_message(message)
+    def send_datagram_message(self, message: Any) -> bool:
+        return self.session.send_datagram_message(message)
 
     def open_stream(self, *, unidirectional: bool = False) -> Stream:
         return self.session.open_stream(unidirectional=unidirectional)

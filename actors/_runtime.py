@@ -79,8 +79,7 @@ _probing_hook: contextvars.ContextVar[bool] = contextvars.ContextVar(
 
 
 class _NotReady(BaseException):
-    # A BaseException so that hooks catching `Exception` (pykka's own stop converter
-    # catches ActorDeadError only, but user hooks may be broader) do not swallow it.
+    # A BaseException, so that a get hook catching `Exception` does not swallow it.
     def __init__(self, future: LoopFuture[Any]) -> None:
         super().__init__()
         self.future = future
@@ -513,7 +512,9 @@ class LoopActor(pykka.Actor):
         self._actor_task = task
         _running_tasks.add(task)
 
-    # -- hooks, widened: each may be a plain or an `async def` method ------------------
+    # -- hooks: each may be a plain or an `async def` method ---------------------------
+    # The annotations say what the runtime accepts. mypy still checks an override
+    # against pykka.Actor too, so an `async def on_start` needs `# type: ignore[override]`.
 
     def on_start(self) -> Awaitable[None] | None:  # type: ignore[override]
         """Run before the first message, inside the actor task; may be `async def`.

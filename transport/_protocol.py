@@ -549,12 +549,19 @@ class WebTransportProtocol(QuicConnectionProtocol):
         prefix = len(encode_uint_var(session_id // 4))
         return max(0, min(remote, packet) - prefix)
 
-    def send_datagram(self, session: Session, data: bytes) -> None:
+    max_pending_datagrams = 1024
+    """aioquic's datagram queue never drops: past this many unsent, new ones are dropped."""
+
+    def send_datagram(self, session: Session, data: bytes) -> bool:
+        if len(self._quic._datagrams_pending) >= self.max_pending_datagrams:
+            session.datagrams_dropped_out += 1
+            return False
         session.bytes_out += len(data)
         for tap in session.taps:
             tap.datagram_out(session, len(data))
         self.h3.send_datagram(session.session_id, data)
         self._flush()
+        return True
 
     # --- connection end -----------------------------------------------------------------------
     def _connection_lost(self, event: ConnectionTerminated) -> None:

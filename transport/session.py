@@ -24,7 +24,13 @@ from .errors import (
     UsageError,
     WriteBufferFull,
 )
-from .framing import DEFAULT_MAX_MESSAGE_SIZE, FrameDecoder, decode_message, encode_frame
+from .framing import (
+    DEFAULT_MAX_MESSAGE_SIZE,
+    FrameDecoder,
+    decode_message,
+    encode_frame,
+    encode_message,
+)
 from .request import ConnectRequest
 
 if TYPE_CHECKING:
@@ -285,6 +291,8 @@ class Session:
         self.listener: SessionListener | None = None
         self.close_info: CloseInfo | None = None
         self.datagrams_dropped = 0
+        """Inbound datagrams dropped because nobody read them (pull API only)."""
+        self.datagrams_dropped_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
         self._closed_waiter: asyncio.Future[CloseInfo] = asyncio.get_running_loop().create_future()
@@ -329,19 +337,22 @@ class Session:
             listener.session_closed(self.close_info)
 
     # --- sending ----------------------------------------------------------------------------
-    def send_datagram(self, data: bytes) -> None:
-        """Send one datagram; `DatagramTooLarge` if it cannot fit a packet."""
+    def send_datagram(self, data: bytes) -> bool:
+        """Queue one datagram; `DatagramTooLarge` if it cannot fit a packet.
+
+        Datagrams are unreliable by nature, so a peer that cannot keep up loses them:
+        past `max_pending_datagrams` unsent on the connection, the datagram is dropped,
+        counted in `datagrams_dropped_out`, and False is returned.
+        """
         self._check_open()
         limit = self.max_datagram_size
         if len(data) > limit:
             raise DatagramTooLarge(len(data), limit)
-        self._protocol.send_datagram(self, data)
+        return self._protocol.send_datagram(self, data)
 
-    def send_datagram_message(self, message: Any) -> None:
-        """Send one msgpack object as one datagram."""
-        from .framing import encode_message
-
-        self.send_datagram(encode_message(message))
+    def send_datagram_message(self, message: Any) -> bool:
+        """Send one msgpack object as one datagram (see `send_datagram`)."""
+        return self.send_datagram(encode_message(message))
 
     def open_stream(self, *, unidirectional: bool = False) -> Stream:
         """Open a stream to the peer; it can be written to at once."""

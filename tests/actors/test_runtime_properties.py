@@ -274,7 +274,9 @@ class CounterMachine(RuleBasedStateMachine):
         foreign_tasks=st.lists(senders, max_size=2),
         threads=st.lists(senders, max_size=2),
     )
-    def burst(self, home_tasks: list[Sender], foreign_tasks: list[Sender], threads: list[Sender]) -> None:
+    def burst(
+        self, home_tasks: list[Sender], foreign_tasks: list[Sender], threads: list[Sender]
+    ) -> None:
         ref = self.ref
         assert ref is not None
 
