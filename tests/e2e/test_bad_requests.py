@@ -1,0 +1,101 @@
+"""Requests that are not WebTransport sessions get a clear 4xx, and the server keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+
+import pytest
+from aioquic.asyncio.client import connect as quic_connect
+from aioquic.asyncio.protocol import QuicConnectionProtocol
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import QuicEvent
+
+from aiowt.transport import Server
+from examples.echo import Echo
+from tests.conftest import ClientFactory, ServerFactory, bounded
+
+
+class RawH3(QuicConnectionProtocol):
+    """A bare HTTP/3 client that sends arbitrary request headers."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.h3 = H3Connection(self._quic, enable_webtransport=True)
+        self.responses: dict[int, asyncio.Future[dict[bytes, bytes]]] = {}
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        for h3_event in self.h3.handle_event(event):
+            if isinstance(h3_event, HeadersReceived):
+                waiter = self.responses.get(h3_event.stream_id)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(dict(h3_event.headers))
+
+    async def request(self, headers: list[tuple[bytes, bytes]], end: bool) -> dict[bytes, bytes]:
+        stream_id = self._quic.get_next_available_stream_id()
+        self.responses[stream_id] = asyncio.get_running_loop().create_future()
+        self.h3.send_headers(stream_id, headers, end_stream=end)
+        self.transmit()
+        return await self.responses[stream_id]
+
+
+def base(server: Server, path: bytes = b"/echo") -> list[tuple[bytes, bytes]]:
+    host, port = server.address
+    return [
+        (b":method", b"CONNECT"),
+        (b":scheme", b"https"),
+        (b":authority", f"{host}:{port}".encode()),
+        (b":path", path),
+        (b":protocol", b"webtransport"),
+    ]
+
+
+def without(headers: list[tuple[bytes, bytes]], name: bytes) -> list[tuple[bytes, bytes]]:
+    return [header for header in headers if header[0] != name]
+
+
+CASES = {
+    "GET is not served": (
+        lambda h: [(b":method", b"GET"), *without(without(h, b":method"), b":protocol")],
+        True,
+        b"405",
+    ),
+    "CONNECT without :protocol": (lambda h: without(h, b":protocol"), False, b"400"),
+    "unknown :protocol": (
+        lambda h: [*without(h, b":protocol"), (b":protocol", b"websocket")],
+        False,
+        b"400",
+    ),
+    "non-UTF-8 header value": (lambda h: [*h, (b"x-bad", b"\xff\xfe")], False, b"400"),
+    "header block over 16 KiB": (lambda h: [*h, (b"x-big", b"a" * 17000)], False, b"431"),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+async def test_bad_request_gets_a_clear_status(
+    make_server: ServerFactory, client: ClientFactory, case: str
+) -> None:
+    build, end_stream, status = CASES[case]
+    server = await make_server(lambda s: s.route("/echo", Echo))
+    host, port = server.address
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=H3_ALPN,
+        verify_mode=ssl.CERT_NONE,
+        max_datagram_frame_size=65536,
+    )
+    async with (
+        bounded(10),
+        quic_connect(host, port, configuration=configuration, create_protocol=RawH3) as raw,
+    ):
+        assert isinstance(raw, RawH3)
+        response = await raw.request(build(base(server)), end_stream)
+    assert response[b":status"] == status
+    assert response.get(b"aiowt-reason")
+    # The server keeps serving a good client.
+    session = await client(server, "/echo")
+    session.send_datagram(b"ok")
+    async with bounded():
+        assert await session.receive_datagram() == b"ok"
