@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import structlog
+from aioquic.quic.configuration import QuicConfiguration
 
 from aiowt.middleware.chain import CallNext, Middleware, build_chain
 
@@ -25,7 +26,9 @@ from .context import Key, SessionContext
 from .endpoint import Listener, listen, quic_configuration
 from .errors import Rejected, SessionClosedError, UsageError
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
+from .memory import connect_in_memory
 from .router import Route, RouteGroup, Router
+from .session import Session
 from .tls import SelfSignedCertificate, generate_self_signed, load_into
 
 __all__ = ["Server"]
@@ -78,6 +81,7 @@ class Server:
         self._live: dict[Any, asyncio.Future[None]] = {}
         self._stopped: asyncio.Event | None = None
         self._frozen = False
+        self._memory_configuration: QuicConfiguration | None = None
         self.on_connect: list[SessionHook] = []
         self.on_disconnect: list[SessionHook] = []
 
@@ -127,17 +131,16 @@ class Server:
             await asyncio.wait(list(self._live.values()))
 
     # --- running -------------------------------------------------------------------------------
-    async def start(self) -> None:
-        """Bind, build the chains, and begin accepting. Returns once listening."""
-        if self._listener is not None:
-            raise UsageError("the server is already started")
-        self._frozen = True
-        self._router.freeze()
-        self._stopped = asyncio.Event()
-        for route in self._router.routes():
-            self._chains[route.pattern] = build_chain(
-                (*self._middleware, *route.middleware), self._terminal_for(route)
-            )
+    def _prepare(self) -> QuicConfiguration:
+        """Freeze routes and middleware, build the chains once, load the certificate."""
+        if not self._frozen:
+            self._frozen = True
+            self._router.freeze()
+            self._stopped = asyncio.Event()
+            for route in self._router.routes():
+                self._chains[route.pattern] = build_chain(
+                    (*self._middleware, *route.middleware), self._terminal_for(route)
+                )
         configuration = quic_configuration(is_client=False, idle_timeout=self.idle_timeout)
         if self._cert_file is not None and self._key_file is not None:
             configuration.load_cert_chain(self._cert_file, self._key_file)
@@ -145,6 +148,13 @@ class Server:
             if self.certificate is None:
                 self.certificate = generate_self_signed()
             load_into(configuration, self.certificate.cert_pem, self.certificate.key_pem)
+        return configuration
+
+    async def start(self) -> None:
+        """Bind, build the chains, and begin accepting. Returns once listening."""
+        if self._listener is not None:
+            raise UsageError("the server is already started")
+        configuration = self._prepare()
         self._listener = await listen(
             self.host,
             self.port,
@@ -160,6 +170,25 @@ class Server:
             port=port,
             routes=[r.pattern for r in self._router.routes()],
             cert_sha256=self.certificate.sha256_hex if self.certificate else None,
+        )
+
+    async def connect_in_memory(
+        self, path: str, *, headers: list[tuple[str, str]] | None = None
+    ) -> Session:
+        """A client session to this server's routes through an in-memory QUIC connection.
+
+        Everything but the socket is real: the handshake, routing, middleware, handler
+        actor and the wire format. The server need not be listening; its routes and
+        middleware are frozen by the first call, as by `start()`.
+        """
+        if self._memory_configuration is None:
+            self._memory_configuration = self._prepare()
+        return await connect_in_memory(
+            self._memory_configuration,
+            self._on_request,
+            path,
+            headers=headers,
+            session_options={"max_message_size": self.max_message_size},
         )
 
     def banner(self) -> str:
@@ -213,12 +242,13 @@ class Server:
         `on_stop`; what is left after that is cancelled.
         """
         listener = self._listener
-        if listener is None:
-            return
         self._listener = None
+        if listener is None and not self._live and not self._tasks:
+            return
         if self._stopped is not None:
             self._stopped.set()
-        listener.stop_accepting()
+        if listener is not None:
+            listener.stop_accepting()
         for session in list(self._live):
             with contextlib.suppress(SessionClosedError):
                 session.close(CloseCode.GOING_AWAY, "server shutting down")
@@ -231,7 +261,8 @@ class Server:
                 await asyncio.wait(pending, timeout=1.0)
         # Let the close capsules leave before CONNECTION_CLOSE overtakes them.
         await asyncio.sleep(0)
-        listener.close()
+        if listener is not None:
+            listener.close()
         log.info("stopped")
 
     # --- one request ------------------------------------------------------------------------------
