@@ -1,0 +1,31 @@
+"""The code on the documentation pages runs, so it cannot drift from the code."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+DOCS = Path(__file__).resolve().parents[1] / "docs"
+PAGES = ["testing.md"]
+
+
+def code_of(page: str) -> str:
+    text = (DOCS / page).read_text()
+    return "\n\n".join(re.findall(r"```python\n(.*?)```", text, flags=re.S))
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_code_runs(page: str) -> None:
+    namespace: dict[str, Any] = {"__name__": f"docs_{page.replace('.', '_')}"}
+    exec(compile(code_of(page), str(DOCS / page), "exec"), namespace)
+    tests = [value for name, value in namespace.items() if name.startswith("test_")]
+    assert tests, f"{page} has no test_ functions"
+    for test in tests:
+        result = test()
+        if inspect.iscoroutine(result):
+            asyncio.run(result)
