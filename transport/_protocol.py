@@ -134,6 +134,12 @@ class WebTransportProtocol(QuicConnectionProtocol):
 
     max_header_bytes = 16 * 1024
     """A CONNECT header block larger than this is answered with 431."""
+    max_sessions_per_connection = 64
+    """Matches the WT_MAX_SESSIONS we advertise; more are answered 429."""
+    idle_connection_timeout = 10.0
+    """Server side: a connection with no session for this long is closed, so a peer that
+    completes QUIC and never sends CONNECT (or lingers after its last session) holds
+    nothing for longer."""
 
     def __init__(
         self,
@@ -159,6 +165,23 @@ class WebTransportProtocol(QuicConnectionProtocol):
         self._response_waiters: dict[int, asyncio.Future[list[tuple[bytes, bytes]]]] = {}
         self.is_closed = False
         self.accepting = True
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._arm_idle_timer()
+
+    def _arm_idle_timer(self) -> None:
+        if self._quic.configuration.is_client or self.is_closed:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self._loop.call_later(self.idle_connection_timeout, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self._idle_timer = None
+        if not self.sessions and not self._pending and not self.is_closed:
+            self.close(error_code=H3_NO_ERROR, reason_phrase="no WebTransport session")
 
     # --- plumbing ---------------------------------------------------------------------------
     @property
@@ -236,6 +259,9 @@ class WebTransportProtocol(QuicConnectionProtocol):
             return
         if not self.accepting or self._on_request is None:
             self.reject(stream_id, 503, "server is shutting down", (("retry-after", "1"),))
+            return
+        if len(self.sessions) + len(self._pending) >= self.max_sessions_per_connection:
+            self.reject(stream_id, 429, "too many sessions on this connection")
             return
         incoming = IncomingSession(self, stream_id, request)
         self._pending[stream_id] = incoming
@@ -403,6 +429,8 @@ class WebTransportProtocol(QuicConnectionProtocol):
                 self.h3.send_data(session.session_id, b"", end_stream=True)
         session._on_closed(info)
         self._flush()
+        if not self.sessions:
+            self._arm_idle_timer()
 
     def _abort_stream_quietly(self, stream: Stream) -> None:
         sid = stream.stream_id
@@ -568,6 +596,9 @@ class WebTransportProtocol(QuicConnectionProtocol):
         if self.is_closed:
             return
         self.is_closed = True
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         reason = event.reason_phrase or f"connection closed (0x{event.error_code:x})"
         for session in list(self.sessions.values()):
             self._finish_session(session, CloseInfo(int(CloseCode.ABORTED), reason, True))

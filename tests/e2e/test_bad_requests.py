@@ -99,3 +99,47 @@ async def test_bad_request_gets_a_clear_status(
     session.send_datagram(b"ok")
     async with bounded():
         assert await session.receive_datagram() == b"ok"
+
+
+async def test_a_peer_that_never_sends_connect_is_disconnected(
+    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiowt.transport._protocol import WebTransportProtocol
+
+    monkeypatch.setattr(WebTransportProtocol, "idle_connection_timeout", 0.2)
+    server = await make_server(lambda s: s.route("/echo", Echo))
+    host, port = server.address
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=H3_ALPN,
+        verify_mode=ssl.CERT_NONE,
+        max_datagram_frame_size=65536,
+    )
+    async with (
+        bounded(10),
+        quic_connect(host, port, configuration=configuration, create_protocol=RawH3) as raw,
+    ):
+        await raw.wait_closed()  # the server closed the silent connection
+    assert not server._listener.connections  # type: ignore[union-attr]
+
+
+async def test_too_many_sessions_on_one_connection_get_429(
+    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from aiowt.transport._protocol import WebTransportProtocol
+
+    monkeypatch.setattr(WebTransportProtocol, "max_sessions_per_connection", 2)
+    server = await make_server(lambda s: s.route("/echo", Echo))
+    host, port = server.address
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=H3_ALPN,
+        verify_mode=ssl.CERT_NONE,
+        max_datagram_frame_size=65536,
+    )
+    async with (
+        bounded(10),
+        quic_connect(host, port, configuration=configuration, create_protocol=RawH3) as raw,
+    ):
+        statuses = [(await raw.request(base(server), False))[b":status"] for _ in range(3)]
+    assert statuses == [b"200", b"200", b"429"]
