@@ -327,7 +327,9 @@ class Server:
             try:
                 for hook in self.on_connect:
                     await _call_hook(hook, ctx)
-                failure = await run_handler(handler_class, ctx, session)
+                # Every log line inside the handler carries the session's ids.
+                with structlog.contextvars.bound_contextvars(**ctx.ids):
+                    failure = await run_handler(handler_class, ctx, session)
             finally:
                 ctx.close_info = session.close_info
                 self._live.pop(session, None)

@@ -233,3 +233,28 @@ async def test_shutdown_closes_sessions_with_going_away_and_waits_for_on_stop(
     stops = [await next_event(events, "stop") for _ in sessions]
     assert all(stop.code == CloseCode.GOING_AWAY for stop in stops)
     assert server.live_sessions == 0
+
+
+async def test_log_lines_inside_a_handler_carry_the_session_ids(
+    make_server: ServerFactory, client: ClientFactory
+) -> None:
+    import structlog
+    from structlog.testing import capture_logs
+
+    logged: asyncio.Queue[None] = asyncio.Queue()
+
+    class Chatty(Handler):
+        async def on_datagram(self, data: bytes) -> None:
+            structlog.get_logger("user").info("got datagram", size=len(data))
+            logged.put_nowait(None)
+
+    server = await make_server(lambda s: s.route("/chatty", Chatty))
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        session = await client(server, "/chatty")
+        session.send_datagram(b"hi")
+        async with bounded():
+            await logged.get()
+    (line,) = [entry for entry in logs if entry["event"] == "got datagram"]
+    assert line["path"] == "/chatty"
+    assert line["session_id"]
+    assert line["remote_addr"].startswith("127.0.0.1:")
