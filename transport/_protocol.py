@@ -16,6 +16,7 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import structlog
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.buffer import encode_uint_var
 from aioquic.h3.connection import H3_ALPN, H3Connection
@@ -46,6 +47,8 @@ from .session import Session, Stream
 
 _STREAM_GONE = (RuntimeError, ValueError, H3ProtocolError)
 """What aioquic raises for a send, reset or stop on a stream already ended or unknown."""
+
+log = structlog.get_logger("aiowt.transport")
 
 __all__ = ["IncomingSession", "WebTransportProtocol", "app_to_h3_code", "h3_to_app_code"]
 
@@ -250,11 +253,15 @@ class WebTransportProtocol(QuicConnectionProtocol):
         if stream_id in self.sessions or stream_id in self._pending:
             return  # trailers on a CONNECT stream: nothing to do
         if sum(len(k) + len(v) for k, v in event.headers) > self.max_header_bytes:
+            log.info("refused: request header block too large", status=431, stream_id=stream_id)
             self.reject(stream_id, 431, "request header block too large")
             return
         try:
             request = self._parse_request(event.headers)
         except _BadRequest as exc:
+            log.info(
+                "refused: bad request", status=exc.status, reason=exc.reason, stream_id=stream_id
+            )
             self.reject(stream_id, exc.status, exc.reason)
             return
         if not self.accepting or self._on_request is None:
@@ -624,4 +631,6 @@ class _BadRequest(Exception):
 def _header_safe(text: str) -> str:
     """Header values may not carry control characters; keep reasons readable and short."""
     cleaned = "".join(ch if ch.isprintable() else " " for ch in text)
-    return cleaned[:512]
+    # HTTP/3 forbids leading or trailing whitespace in a field value (aioquic would
+    # drop the peer's whole connection over it).
+    return cleaned[:512].strip()
