@@ -12,7 +12,7 @@ import structlog
 
 from aiowt.transport.codes import CloseCode
 from aiowt.transport.context import CloseInfo, SessionContext
-from aiowt.transport.errors import PeerError
+from aiowt.transport.errors import PeerError, SessionClosedError
 from aiowt.transport.framing import FrameDecoder, decode_message
 from aiowt.transport.session import Session, Stream
 
@@ -165,6 +165,10 @@ class Handler(LoopActor):
             if stream is not None:
                 self._decoders.pop(stream.stream_id, None)
             await self.on_peer_error(error, stream)
+        except SessionClosedError:
+            # Events queued before the session closed still reach the handler; replying
+            # to one is not a handler bug, just too late.
+            pass
 
     async def _stop_async(self) -> None:
         # Stopping the actor (by the session's end or by `ref.stop()`) ends the session.

@@ -13,7 +13,6 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 import tempfile
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -106,14 +105,17 @@ class PageServer:
 
 
 @contextlib.asynccontextmanager
-async def chromium(url: str) -> AsyncIterator[subprocess.Popen[bytes]]:
-    """Run headless Chromium on `url`; kill its whole process group afterwards."""
+async def chromium(*urls: str) -> AsyncIterator[asyncio.subprocess.Process]:
+    """Run headless Chromium on `urls` (one tab each); kill its process group afterwards."""
     binary = require_chromium()
     with tempfile.TemporaryDirectory(prefix="aiowt-chromium-") as profile:
-        process = subprocess.Popen(
-            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", url],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        process = await asyncio.create_subprocess_exec(
+            binary,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            *urls,
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
             start_new_session=True,
         )
         try:
@@ -121,7 +123,7 @@ async def chromium(url: str) -> AsyncIterator[subprocess.Popen[bytes]]:
         finally:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            await asyncio.to_thread(process.wait, 10)
+            await asyncio.wait_for(process.wait(), 10)
 
 
 def page(name: str) -> bytes:

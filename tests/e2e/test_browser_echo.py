@@ -38,7 +38,7 @@ async def test_chromium_echoes_a_datagram_and_a_stream_message(
         )
         async with chromium(url):
             result: dict[str, Any] = await asyncio.wait_for(pages.results.get(), 60)
-            assert "error" not in result, result["error"] if "error" in result else ""
+            assert "error" not in result, result.get("error", "")
             assert result["datagram"] == "ping from chromium"
             assert result["stream"] == result["sent"]
             info = await asyncio.wait_for(ObservedEcho.closes.get(), 10)

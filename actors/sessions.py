@@ -1,0 +1,294 @@
+"""`SessionRegistry`: the live sessions, the global cap, lookup, and delivery to many.
+
+A session is registered by its `SessionContext.session_id` before it is accepted (that
+is when the global cap is checked), its transport `Session` is attached once accepted,
+and it is unregistered when it ends. Broadcasts encode the message once and send it to
+every attached session; a session whose send fails (closed meanwhile, peer not
+reading, datagram too large for its path) is counted as failed and the others still get
+the message.
+
+The registry calls `Session` methods, which belong to the event loop that owns the
+connection: start the registry on the server's loop (middleware do so when they start
+it themselves). Asks may come from any thread.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Collection
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import structlog
+
+from aiowt.transport.errors import AiowtError, UsageError
+from aiowt.transport.framing import encode_frame, encode_message
+from aiowt.transport.session import Session, Stream
+
+from ._service import Request, Service, handles
+
+__all__ = [
+    "Attach",
+    "Broadcast",
+    "BroadcastExcept",
+    "CountSessions",
+    "Delivery",
+    "ListSessions",
+    "LookupSession",
+    "Multicast",
+    "Register",
+    "SessionInfo",
+    "SessionRegistry",
+    "Unregister",
+]
+
+log = structlog.get_logger("aiowt.actors")
+
+Via = Literal["datagram", "stream"]
+
+
+# --- messages -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Request[bool]):
+    """Ask to count session `session_id` as live, if fewer than `limit` are (None: no cap).
+
+    Replies True when it is registered afterwards (also when it already was), False
+    when the cap is reached.
+    """
+
+    session_id: str
+    limit: int | None = None
+    remote_ip: str = ""
+    path: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Attach(Request[bool]):
+    """The registered session `session_id` was accepted as `session`; False if unknown."""
+
+    session_id: str
+    session: Session
+
+
+@dataclass(frozen=True, slots=True)
+class Unregister(Request[bool]):
+    """Session `session_id` ended; True if it was registered (unknown ids are a no-op)."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class LookupSession(Request["SessionInfo | None"]):
+    """Ask for what the registry knows about `session_id`."""
+
+    session_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class CountSessions(Request[int]):
+    """Ask how many sessions are registered."""
+
+
+@dataclass(frozen=True, slots=True)
+class ListSessions(Request["tuple[SessionInfo, ...]"]):
+    """Ask for every registered session, in registration order."""
+
+
+@dataclass(frozen=True, slots=True)
+class Broadcast(Request["Delivery"]):
+    """Send msgpack `message` to every attached session (a datagram, or a stream frame)."""
+
+    message: Any
+    via: Via = "datagram"
+
+
+@dataclass(frozen=True, slots=True)
+class Multicast(Request["Delivery"]):
+    """Send msgpack `message` to the sessions in `session_ids`."""
+
+    session_ids: Collection[str]
+    message: Any
+    via: Via = "datagram"
+
+
+@dataclass(frozen=True, slots=True)
+class BroadcastExcept(Request["Delivery"]):
+    """Send msgpack `message` to every attached session but `session_id`."""
+
+    session_id: str
+    message: Any
+    via: Via = "datagram"
+
+
+# --- replies ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SessionInfo:
+    """A registered session as the registry sees it."""
+
+    session_id: str
+    remote_ip: str
+    path: str
+    registered_at: float
+    """`time.monotonic()` at registration."""
+    session: Session | None
+    """The transport session; None until it is accepted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of a broadcast: sessions sent to, sends that failed, and targets
+    that were not deliverable (unknown ids, or registered but not accepted yet)."""
+
+    delivered: int = 0
+    failed: int = 0
+    missing: int = 0
+
+
+# --- the actor ----------------------------------------------------------------------------
+
+
+class _Entry:
+    __slots__ = ("info", "outbound", "session")
+
+    def __init__(self, info: SessionInfo) -> None:
+        self.info = info
+        self.session: Session | None = None
+        self.outbound: Stream | None = None
+
+
+class SessionRegistry(Service):
+    """The actor that owns the set of live sessions. Messages: `Register`, `Attach`,
+    `Unregister`, `LookupSession`, `CountSessions`, `ListSessions`, `Broadcast`,
+    `Multicast`, `BroadcastExcept`.
+
+    Stream deliveries go on one server-opened unidirectional stream per session, opened
+    on first use and kept, so a session receives the registry's messages in order.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._entries: dict[str, _Entry] = {}
+
+    def __repr__(self) -> str:
+        return f"<SessionRegistry sessions={len(self._entries)}>"
+
+    @handles(Register)
+    def _register(self, message: Register) -> bool:
+        session_id = _id(message.session_id)
+        limit = message.limit
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+            raise UsageError(f"limit must be an int or None, got {limit!r}")
+        if not isinstance(message.remote_ip, str) or not isinstance(message.path, str):
+            raise UsageError("remote_ip and path must be str")
+        if session_id in self._entries:
+            return True
+        if limit is not None and len(self._entries) >= limit:
+            return False
+        info = SessionInfo(session_id, message.remote_ip, message.path, time.monotonic(), None)
+        self._entries[session_id] = _Entry(info)
+        return True
+
+    @handles(Attach)
+    def _attach(self, message: Attach) -> bool:
+        entry = self._entries.get(_id(message.session_id))
+        if entry is None:
+            return False
+        entry.session = message.session
+        entry.info = SessionInfo(
+            entry.info.session_id,
+            entry.info.remote_ip,
+            entry.info.path,
+            entry.info.registered_at,
+            message.session,
+        )
+        return True
+
+    @handles(Unregister)
+    def _unregister(self, message: Unregister) -> bool:
+        return self._entries.pop(_id(message.session_id), None) is not None
+
+    @handles(LookupSession)
+    def _lookup(self, message: LookupSession) -> SessionInfo | None:
+        entry = self._entries.get(_id(message.session_id))
+        return None if entry is None else entry.info
+
+    @handles(CountSessions)
+    def _count(self, message: CountSessions) -> int:
+        return len(self._entries)
+
+    @handles(ListSessions)
+    def _list(self, message: ListSessions) -> tuple[SessionInfo, ...]:
+        return tuple(entry.info for entry in self._entries.values())
+
+    @handles(Broadcast)
+    def _broadcast(self, message: Broadcast) -> Delivery:
+        return self._deliver(message.message, message.via, list(self._entries.values()), 0)
+
+    @handles(BroadcastExcept)
+    def _broadcast_except(self, message: BroadcastExcept) -> Delivery:
+        skip = _id(message.session_id)
+        targets = [e for sid, e in self._entries.items() if sid != skip]
+        return self._deliver(message.message, message.via, targets, 0)
+
+    @handles(Multicast)
+    def _multicast(self, message: Multicast) -> Delivery:
+        ids = message.session_ids
+        if isinstance(ids, str) or not isinstance(ids, Collection):
+            raise UsageError(f"session_ids must be a collection of ids, got {ids!r}")
+        unique = dict.fromkeys(_id(sid) for sid in ids)
+        targets = [self._entries[sid] for sid in unique if sid in self._entries]
+        return self._deliver(message.message, message.via, targets, len(unique) - len(targets))
+
+    # --- delivery ------------------------------------------------------------------------------
+    def _deliver(self, message: Any, via: Via, targets: list[_Entry], missing: int) -> Delivery:
+        # Encode once, before anything is sent: an unencodable message fails the whole
+        # request (UsageError to the asker) instead of reaching half the sessions.
+        if via == "datagram":
+            payload = encode_message(message)
+        elif via == "stream":
+            payload = encode_frame(message)
+        else:
+            raise UsageError(f"via must be 'datagram' or 'stream', got {via!r}")
+        delivered = failed = 0
+        for entry in targets:
+            session = entry.session
+            if session is None:
+                missing += 1
+                continue
+            try:
+                if via == "datagram":
+                    session.send_datagram(payload)
+                else:
+                    self._stream_for(entry, session).write(payload)
+            except AiowtError as error:
+                # Closed meanwhile, peer not reading (WriteBufferFull), datagram too big
+                # for this path: this session misses the message, the others do not.
+                failed += 1
+                log.info(
+                    "broadcast to a session failed",
+                    session_id=entry.info.session_id,
+                    error=repr(error),
+                )
+            except Exception:
+                failed += 1
+                log.exception("broadcast to a session failed", session_id=entry.info.session_id)
+            else:
+                delivered += 1
+        return Delivery(delivered, failed, missing)
+
+    @staticmethod
+    def _stream_for(entry: _Entry, session: Session) -> Stream:
+        stream = entry.outbound
+        if stream is None or not stream.writable:
+            stream = entry.outbound = session.open_stream(unidirectional=True)
+        return stream
+
+
+def _id(session_id: object) -> str:
+    if not isinstance(session_id, str):
+        raise UsageError(f"a session id is a str, got {session_id!r}")
+    return session_id
