@@ -83,7 +83,13 @@ class Server:
         self._frozen = False
         self._memory_configuration: QuicConfiguration | None = None
         self.on_connect: list[SessionHook] = []
+        """Called with the context once a session is accepted, before its handler starts."""
         self.on_disconnect: list[SessionHook] = []
+        """Called with the context after a session's handler has stopped."""
+        self.on_startup: list[Callable[[], Awaitable[None] | None]] = []
+        """Called once the server listens (start services that need the loop here)."""
+        self.on_shutdown: list[Callable[[], Awaitable[None] | None]] = []
+        """Called last in `shutdown()`, after sessions ended and middleware closed."""
 
     def __repr__(self) -> str:
         return f"Server(host={self.host!r}, port={self.port}, routes={len(self._router)})"
@@ -163,6 +169,8 @@ class Server:
             session_options={"max_message_size": self.max_message_size},
             reuse_port=self.reuse_port,
         )
+        for hook in self.on_startup:
+            await _call_startup_hook(hook)
         host, port = self._listener.address
         log.info(
             "listening",
@@ -263,7 +271,29 @@ class Server:
         await asyncio.sleep(0)
         if listener is not None:
             listener.close()
+        await self._close_middleware()
+        for hook in self.on_shutdown:
+            try:
+                await _call_startup_hook(hook)
+            except Exception:
+                log.exception("on_shutdown hook failed")
         log.info("stopped")
+
+    async def _close_middleware(self) -> None:
+        """Middleware that own services or endpoints release them (`aclose()`), once each."""
+        seen: set[int] = set()
+        for middleware in (
+            *self._middleware,
+            *(m for r in self._router.routes() for m in r.middleware),
+        ):
+            close = getattr(middleware, "aclose", None)
+            if close is None or id(middleware) in seen:
+                continue
+            seen.add(id(middleware))
+            try:
+                await close()
+            except Exception:
+                log.exception("middleware aclose failed", middleware=repr(middleware))
 
     # --- one request ------------------------------------------------------------------------------
     def _on_request(self, incoming: IncomingSession) -> None:
@@ -344,6 +374,12 @@ class Server:
                 raise failure
 
         return accept_and_run
+
+
+async def _call_startup_hook(hook: Callable[[], Awaitable[None] | None]) -> None:
+    result = hook()
+    if result is not None:
+        await result
 
 
 async def _call_hook(hook: SessionHook, ctx: SessionContext) -> None:

@@ -258,3 +258,31 @@ async def test_log_lines_inside_a_handler_carry_the_session_ids(
     assert line["path"] == "/chatty"
     assert line["session_id"]
     assert line["remote_addr"].startswith("127.0.0.1:")
+
+
+async def test_startup_and_shutdown_hooks_and_middleware_aclose_run(
+    make_server: ServerFactory,
+) -> None:
+    calls: list[str] = []
+
+    class Owning:
+        """A middleware that owns a resource and releases it with aclose()."""
+
+        async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
+            await call_next(ctx)
+
+        async def aclose(self) -> None:
+            calls.append("aclose")
+
+    owning = Owning()
+
+    def configure(server: Server) -> None:
+        server.use(owning)
+        server.route("/echo", Echo, owning)  # used twice, closed once
+        server.on_startup.append(lambda: calls.append("startup"))
+        server.on_shutdown.append(lambda: calls.append("shutdown"))
+
+    server = await make_server(configure)
+    assert calls == ["startup"]
+    await server.shutdown()
+    assert calls == ["startup", "aclose", "shutdown"]
