@@ -41,7 +41,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from aiowt.transport.context import SessionContext
-from aiowt.transport.errors import UsageError
+from aiowt.transport.errors import Rejected, UsageError
 
 __all__ = ["CallNext", "Chain", "Middleware", "build_chain", "middleware_name"]
 
@@ -190,6 +190,11 @@ def _bind(mw: Middleware, next_step: CallNext) -> CallNext:
                     " define it with async def"
                 )
             await result
+        except Rejected as rejection:
+            # The innermost step a refusal passes through is its author's.
+            if rejection.middleware is None:
+                rejection.middleware = name
+            raise
         finally:
             state = _RETURNED
 

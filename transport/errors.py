@@ -78,6 +78,8 @@ class Rejected(AiowtError):
         self.status = status
         self.reason = reason
         self.headers: tuple[tuple[str, str], ...] = tuple(headers)
+        self.middleware: str | None = None
+        """The middleware that raised it; set by the chain as it passes through."""
 
 
 class HandshakeError(AiowtError):

@@ -133,8 +133,8 @@ class Server:
 
     async def wait_idle(self) -> None:
         """Wait until no session is live (each one's middleware after-parts have run)."""
-        while self._live:
-            await asyncio.wait(list(self._live.values()))
+        while self._live or self._tasks:
+            await asyncio.wait([*self._live.values(), *self._tasks])
 
     # --- running -------------------------------------------------------------------------------
     def _prepare(self) -> QuicConfiguration:
