@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["testing.md"]
+PAGES = ["testing.md", "stats.md"]
 
 
 def code_of(page: str) -> str:
