@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import copy
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Iterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -134,24 +135,47 @@ def schedules(
 
 
 async def run_schedule(
-    schedule: Sequence[Step[Op]], invoke: Callable[[Op], Awaitable[Any]]
+    schedule: Sequence[Step[Op]],
+    invoke: Callable[[Op], Awaitable[Any]],
+    *,
+    thread_senders: Collection[int] = (),
+    timeout: float = 10.0,
 ) -> list[Outcome[Op]]:
-    """Run each sender as its own task; return the replies in completion order."""
+    """Run each sender as its own task (or thread); return the replies in completion order.
+
+    Senders in `thread_senders` run in threads of their own: there `invoke` must return
+    a pykka future (an actor ask or proxy call), which the thread `.get()`s, as code
+    outside the loop does; their `delay`s do not apply (the OS decides).
+    """
     outcomes: list[Outcome[Op]] = []
+    lock = threading.Lock()
     by_sender: dict[int, list[Step[Op]]] = {}
     for step in schedule:
         by_sender.setdefault(step.sender, []).append(step)
 
-    async def sender(steps: list[Step[Op]]) -> None:
+    def record(step: Step[Op], reply: Any) -> None:
+        with lock:
+            outcomes.append(Outcome(step, reply, len(outcomes)))
+
+    async def task_sender(steps: list[Step[Op]]) -> None:
         for step in steps:
             for _ in range(step.delay):
                 await asyncio.sleep(0)
-            reply = await invoke(step.op)
-            outcomes.append(Outcome(step, reply, len(outcomes)))
+            record(step, await invoke(step.op))
+
+    def thread_sender(steps: list[Step[Op]]) -> None:
+        for step in steps:
+            future = invoke(step.op)
+            if not isinstance(future, pykka.Future):
+                raise TypeError("a thread sender's invoke must return a pykka future")
+            record(step, future.get(timeout=timeout))
 
     async with asyncio.TaskGroup() as group:
-        for steps in by_sender.values():
-            group.create_task(sender(steps))
+        for sender, steps in by_sender.items():
+            if sender in thread_senders:
+                group.create_task(asyncio.to_thread(thread_sender, steps))
+            else:
+                group.create_task(task_sender(steps))
     return outcomes
 
 
@@ -224,6 +248,8 @@ class ActorStateMachine(RuleBasedStateMachine):
     operations: st.SearchStrategy[Any] = st.nothing()
     senders = 3
     max_steps = 6
+    thread_senders: frozenset[int] = frozenset()
+    """Senders that run in threads (their `invoke` must return a pykka future)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -261,7 +287,13 @@ class ActorStateMachine(RuleBasedStateMachine):
             schedules(self.operations, senders=self.senders, max_steps=self.max_steps),
             label="schedule",
         )
-        outcomes = self.run(run_schedule(schedule, lambda op: self.invoke(self.target, op)))
+        outcomes = self.run(
+            run_schedule(
+                schedule,
+                lambda op: self.invoke(self.target, op),
+                thread_senders=self.thread_senders,
+            )
+        )
         note(describe(outcomes))
         self.model, _ = check_linearizable(outcomes, self.model, self.apply)
 

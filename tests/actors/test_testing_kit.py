@@ -75,6 +75,18 @@ class TallyActorMachine(RacyTallyMachine):
         return target.proxy().add(op)
 
 
+class TallyActorFromThreadsMachine(TallyActorMachine):
+    senders = 4
+    thread_senders = frozenset({2, 3})
+
+
+def test_the_actor_passes_with_task_and_thread_senders_mixed() -> None:
+    run_state_machine_as_test(
+        TallyActorFromThreadsMachine,
+        settings=settings(max_examples=25, stateful_step_count=4, deadline=None),
+    )
+
+
 def test_the_state_machine_catches_the_racy_object() -> None:
     with pytest.raises(NotLinearizable):
         run_state_machine_as_test(
