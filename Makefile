@@ -14,8 +14,16 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-demo: $(STAMP)
-	$(PY) -m aiowt.transport.cli run examples.echo:server --self-signed
+CHAT_VENDOR := examples/chat/static/vendor/msgpack.min.js
+
+# The main job: the chat demo (WebTransport on udp 4433, its page on http://localhost:4434).
+demo: $(STAMP) $(CHAT_VENDOR)
+	$(PY) -m examples.chat
+
+# The chat page's msgpack (@msgpack/msgpack, pinned by package-lock.json); npm ci's
+# postinstall copies its UMD build to examples/chat/static/vendor/.
+$(CHAT_VENDOR): examples/chat/package.json examples/chat/package-lock.json
+	npm ci --prefix examples/chat --no-audit --no-fund
 
 # Debian's Chromium for the browser tests (root on CI; skipped where apt is absent).
 chromium:
@@ -38,7 +46,7 @@ typecheck: $(STAMP)
 	cd $(TYPECHECK) && MYPYPATH=. $(CURDIR)/$(VENV)/bin/mypy --strict --config-file $(CURDIR)/pyproject.toml \
 	  -p aiowt.actors -p aiowt.middleware -p aiowt.transport
 
-pytest: $(STAMP) chromium
+pytest: $(STAMP) chromium $(CHAT_VENDOR)
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest
@@ -47,4 +55,4 @@ bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) build
+	rm -rf $(VENV) build examples/chat/node_modules examples/chat/static/vendor

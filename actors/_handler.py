@@ -194,7 +194,12 @@ class Handler(LoopActor):
         super()._handle_failure(exception_type, exception_value, traceback)
         if self.failure is None and exception_value is not None:
             self.failure = exception_value
-            if not self.session.closed:
+            if self.session.closed:
+                pass
+            elif isinstance(exception_value, PeerError):
+                # e.g. WriteBufferFull from a message told by a room: the peer's fault.
+                self.session.close(exception_value.code, str(exception_value))
+            else:
                 self.session.close(CloseCode.INTERNAL_ERROR, "internal error")
 
 

@@ -58,6 +58,7 @@ class Server:
         key_file: str | Path | None = None,
         certificate: SelfSignedCertificate | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
+        send_buffer_high: int = 4 * 1024 * 1024,
         idle_timeout: float = 30.0,
         shutdown_timeout: float = 10.0,
         reuse_port: bool = False,
@@ -70,6 +71,7 @@ class Server:
         self._key_file = key_file
         self.certificate = certificate
         self.max_message_size = max_message_size
+        self.send_buffer_high = send_buffer_high
         self.idle_timeout = idle_timeout
         self.shutdown_timeout = shutdown_timeout
         self.reuse_port = reuse_port
@@ -166,7 +168,7 @@ class Server:
             self.port,
             configuration,
             self._on_request,
-            session_options={"max_message_size": self.max_message_size},
+            session_options=self._session_options(),
             reuse_port=self.reuse_port,
         )
         for hook in self.on_startup:
@@ -196,8 +198,15 @@ class Server:
             self._on_request,
             path,
             headers=headers,
-            session_options={"max_message_size": self.max_message_size},
+            session_options=self._session_options(),
         )
+
+    def _session_options(self) -> dict[str, Any]:
+        return {
+            "max_message_size": self.max_message_size,
+            "send_buffer_high": self.send_buffer_high,
+            "send_buffer_low": min(self.send_buffer_high // 4, 256 * 1024),
+        }
 
     def banner(self) -> str:
         """What a person needs to connect: the URL, and the hashes for a browser."""

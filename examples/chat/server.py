@@ -1,0 +1,339 @@
+"""The chat demo: rooms over WebTransport, and a browser page to use them.
+
+Run it with `python -m examples.chat` (after `npm ci --prefix examples/chat`, which
+puts the browser's msgpack library in `static/vendor/`); it prints the URL to open.
+`aiowt run examples.chat.server:server` serves the WebTransport side alone.
+
+The protocol (details in `docs/rooms.md`): a session connects to `/chat/{room}?name=...`.
+It sends msgpack maps, on a bidirectional stream it opens (length-prefixed frames) or as
+datagrams: `{"type": "say", "text": ...}` and `{"type": "typing"}`. The server sends,
+on one server-opened unidirectional stream: `history` first, then `join`, `leave`,
+`message` and `error` maps; `typing` signals of the others come as datagrams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import re
+import signal
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+from pykka import ActorRef
+
+from aiowt.actors import Handler
+from aiowt.actors._service import ServiceHandle, ask, tell_quietly
+from aiowt.actors.outbound import OutboundChannel
+from aiowt.actors.rooms import (
+    JoinRoom,
+    LeaveRoom,
+    Member,
+    Post,
+    Room,
+    RoomEventDelivered,
+    RoomManager,
+    RoomSignalDelivered,
+    RoomSnapshot,
+    Signal,
+)
+from aiowt.middleware.chain import CallNext
+from aiowt.transport import (
+    CloseCode,
+    CloseInfo,
+    Key,
+    Rejected,
+    Server,
+    Session,
+    SessionContext,
+    Stream,
+)
+from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE
+
+from .web import ChatWebServer, WebConfig
+
+__all__ = [
+    "CHAT",
+    "NAME",
+    "ROOM",
+    "Chat",
+    "ChatConfig",
+    "ChatGate",
+    "ChatSession",
+    "chat",
+    "leave_reason",
+    "main",
+    "serve",
+    "server",
+]
+
+log = structlog.get_logger("aiowt.examples.chat")
+
+ROOM: Key[str] = Key("chat.room")
+"""The validated room name of a chat session (from the `{room}` path parameter)."""
+NAME: Key[str] = Key("chat.name")
+"""The validated display name of a chat session (from `?name=`, or a guest name)."""
+CHAT: Key[Chat] = Key("chat.app")
+"""The `Chat` a session belongs to (set by its `on_connect` hook)."""
+
+_ROOM_NAME = re.compile(r"[\w.-]{1,64}")
+
+
+@dataclass(frozen=True, slots=True)
+class ChatConfig:
+    """Limits and sizes of the chat.
+
+    Attributes:
+        history_size: messages a room keeps for late joiners.
+        max_text_length: characters in one `say`.
+        max_name_length: characters in a display name.
+        max_outbound_buffer: bytes a session may be behind on its outbound stream
+            before it is closed with `CloseCode.SLOW_CONSUMER`.
+
+    """
+
+    history_size: int = 50
+    max_text_length: int = 2000
+    max_name_length: int = 32
+    max_outbound_buffer: int = 1024 * 1024
+
+
+class ChatGate:
+    """Route middleware: validate the room and the name before the session is accepted.
+
+    A bad room name (1 to 64 letters, digits, `_`, `.`, `-`) or name (1 to
+    `max_name_length` printable characters, from `?name=`) is refused with 400; a
+    missing or blank name becomes `guest-` and the first characters of the session id.
+    """
+
+    def __init__(self, config: ChatConfig) -> None:
+        self.max_name_length = config.max_name_length
+
+    def __repr__(self) -> str:
+        return f"ChatGate(max_name_length={self.max_name_length})"
+
+    async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
+        room = ctx.path_params.get("room", "")
+        if not _ROOM_NAME.fullmatch(room):
+            raise Rejected(400, "room names are 1-64 letters, digits, '_', '.' or '-'")
+        names = ctx.query.get("name", [])
+        name = names[-1].strip() if names else ""
+        if len(name) > self.max_name_length or not name.isprintable():
+            raise Rejected(400, f"names are 1-{self.max_name_length} printable characters")
+        name = name or f"guest-{ctx.session_id[:6]}"
+        ctx.set(ROOM, room)
+        ctx.set(NAME, name)
+        await call_next(ctx)
+
+
+class Chat:
+    """The chat application: its config and its `RoomManager`, installed on a `Server`.
+
+    The room manager is started on first use, on the loop serving the sessions, and
+    stopped by `aclose()`.
+    """
+
+    def __init__(self, config: ChatConfig | None = None) -> None:
+        self.config = config or ChatConfig()
+        self._rooms: ServiceHandle[RoomManager] = ServiceHandle(None, self._start_rooms, "rooms")
+
+    def __repr__(self) -> str:
+        return f"Chat({self.config!r})"
+
+    def install(
+        self,
+        server: Server,
+        pattern: str = "/chat/{room}",
+        handler: type[ChatSession] | None = None,
+    ) -> Server:
+        """Serve chat sessions on `pattern` (it needs a `{room}` parameter).
+
+        `handler` may be a subclass of `ChatSession` (for instance to observe sessions).
+        """
+        server.route(pattern, handler or ChatSession, ChatGate(self.config))
+        server.on_connect.append(self.on_connect)
+        return server
+
+    @property
+    def rooms(self) -> ActorRef[RoomManager]:
+        """The room manager (started now, on the running loop, if it is not running)."""
+        return self._rooms.ref()
+
+    def on_connect(self, ctx: SessionContext) -> None:
+        """Server hook: give the session's handler its chat (and start the rooms)."""
+        if ROOM in ctx:
+            self._rooms.ref()
+            ctx.set(CHAT, self)
+
+    async def aclose(self) -> None:
+        """Stop the room manager and every room."""
+        await self._rooms.stop()
+
+    def _start_rooms(self) -> ActorRef[RoomManager]:
+        return RoomManager.start(
+            history_size=self.config.history_size, max_frame_size=DEFAULT_MAX_MESSAGE_SIZE
+        )
+
+
+class ChatSession(Handler):
+    """One chat session: a member of one room.
+
+    It joins its room on start and leaves it when the session ends, however it ends.
+    Deliveries from the room are written through an `OutboundChannel`, so a peer that
+    falls `max_outbound_buffer` bytes behind is closed with `CloseCode.SLOW_CONSUMER`
+    and typing signals it cannot take are dropped.
+
+    Inbound validation: anything that is not a map with a string `type`, and a `say`
+    whose `text` is not a string, close the session with `CloseCode.PROTOCOL_ERROR`
+    (the client is broken); an empty or too long text and an unknown `type` get an
+    `error` message back and the session goes on.
+    """
+
+    def __init__(self, ctx: SessionContext, session: Session) -> None:
+        super().__init__(ctx, session)
+        self.chat = ctx.get(CHAT)
+        self.member = Member(ctx.session_id, ctx.get(NAME), self.actor_ref)
+        self.room_name = ctx.get(ROOM)
+        self.outbound = OutboundChannel(session, max_buffered=self.chat.config.max_outbound_buffer)
+        self.room: ActorRef[Room] | None = None
+        self._rooms: ActorRef[RoomManager] | None = None
+
+    async def on_start(self) -> None:  # type: ignore[override]
+        self._rooms = self.chat.rooms
+        self.room = await ask(self._rooms, JoinRoom(self.room_name, self.member))
+
+    async def on_stop(self) -> None:  # type: ignore[override]
+        if self.room is not None:
+            # Told, not asked: nothing to wait for. To the manager it joined through,
+            # which may be stopped already when the whole server shuts down.
+            reason = self._leave_reason()
+            tell_quietly(self._rooms, LeaveRoom(self.room_name, self.member.id, reason))
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, RoomSnapshot | RoomEventDelivered):
+            self.outbound.send_frame(message.frame)
+        elif isinstance(message, RoomSignalDelivered):
+            self.outbound.send_datagram(message.payload)
+        else:
+            return super().on_receive(message)
+        return None
+
+    async def on_message(self, message: Any, stream: Stream | None) -> None:
+        if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+            self.close(CloseCode.PROTOCOL_ERROR, "expected a msgpack map with a string 'type'")
+            return
+        # A room stopped under us (the app shutting down) just drops what is said.
+        kind = message["type"]
+        if kind == "say":
+            text = message.get("text")
+            if not isinstance(text, str):
+                self.close(CloseCode.PROTOCOL_ERROR, "'say' needs a string 'text'")
+            elif not text.strip():
+                self._error("empty_text", "'say' needs some text")
+            elif len(text) > self.chat.config.max_text_length:
+                limit = self.chat.config.max_text_length
+                self._error("text_too_long", f"text is longer than {limit} characters")
+            else:
+                tell_quietly(self.room, Post(self.member.id, {"text": text}))
+        elif kind == "typing":
+            tell_quietly(self.room, Signal(self.member.id, "typing"))
+        else:
+            self._error(
+                "unknown_type", f"unknown message type {kind[:40]!r}; use 'say' or 'typing'"
+            )
+
+    def _error(self, code: str, text: str) -> None:
+        self.outbound.send_message({"type": "error", "code": code, "error": text})
+
+    def _leave_reason(self) -> str:
+        if self.outbound.slow:
+            return "slow consumer"
+        return leave_reason(self.close_info)
+
+
+def leave_reason(info: CloseInfo | None) -> str:
+    """How a member left, for the `leave` event, from how its session ended."""
+    if info is None or info.code == CloseCode.NORMAL:
+        return "left"
+    if info.code == CloseCode.ABORTED:
+        return "disconnected"
+    if info.code == CloseCode.GOING_AWAY:
+        return "server shutting down"
+    try:
+        return CloseCode(info.code).name.lower().replace("_", " ")
+    except ValueError:
+        return f"closed ({info.code})"
+
+
+chat = Chat()
+"""The demo's chat, installed on `server`."""
+server = chat.install(Server())
+"""The demo's WebTransport server (`aiowt run examples.chat.server:server`)."""
+
+
+# --- `python -m examples.chat` ----------------------------------------------------------------
+
+
+async def serve(
+    *,
+    host: str = "::",
+    port: int = 4433,
+    http_host: str = "localhost",
+    http_port: int | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Serve the demo's WebTransport server and its page until `stop` is set.
+
+    `http_port` defaults to the WebTransport port + 1 (0 for any free port).
+    """
+    stop = stop or asyncio.Event()
+    server.host, server.port = host, port
+    await server.start()
+    try:
+        wt_port = server.address[1]
+        hashes = (server.certificate.sha256_hex,) if server.certificate is not None else ()
+        web = ChatWebServer(
+            WebConfig(wt_port, hashes),
+            host=http_host,
+            port=wt_port + 1 if http_port is None else http_port,
+        )
+        async with web:
+            print(server.banner(), flush=True)
+            print(f"chat page on http {http_host}:{web.address[1]}", flush=True)
+            print(f"open {web.url()} in a browser (Ctrl-C stops)", flush=True)
+            await stop.wait()
+    finally:
+        await server.shutdown()
+        await chat.aclose()
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The demo's command line: serve until SIGINT or SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m examples.chat", description=__doc__)
+    parser.add_argument("--host", default="::", help="WebTransport (UDP) address, default ::")
+    parser.add_argument("--port", type=int, default=4433, help="WebTransport port, default 4433")
+    parser.add_argument("--http-host", default="localhost", help="page address, default localhost")
+    parser.add_argument(
+        "--http-port", type=int, default=None, help="page port, default the WebTransport port + 1"
+    )
+    args = parser.parse_args(argv)
+
+    async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        await serve(
+            host=args.host,
+            port=args.port,
+            http_host=args.http_host,
+            http_port=args.http_port,
+            stop=stop,
+        )
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(run())
