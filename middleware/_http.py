@@ -22,7 +22,7 @@ import structlog
 
 from aiowt.transport.errors import UsageError
 
-__all__ = ["HttpEndpoint", "HttpRequest", "HttpResponse", "RouteHandler"]
+__all__ = ["HttpEndpoint", "HttpRequest", "HttpResponse", "RouteHandler", "ServesPages"]
 
 log = structlog.get_logger("aiowt.http")
 
@@ -238,3 +238,40 @@ def _encode(response: HttpResponse, *, head_only: bool) -> bytes:
     ]
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head if head_only else head + response.body
+
+
+class ServesPages:
+    """For middleware that also serve operator pages (`Status`, `PrometheusMetrics`).
+
+    Subclasses define `routes`; this gives them `serve()` on a port of their own,
+    `asgi()` to mount the pages in a web app, and `_stop_serving()` for their `aclose()`.
+    """
+
+    _serving: HttpEndpoint | None = None
+    _mounted: HttpEndpoint | None = None
+
+    @property
+    def routes(self) -> dict[str, RouteHandler]:
+        raise NotImplementedError
+
+    @property
+    def serving_url(self) -> str | None:
+        return self._serving.url if self._serving is not None else None
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> HttpEndpoint:
+        """Serve the pages on `host`:`port` (0: a free port; see the endpoint's ``url``)."""
+        if self._serving is not None:
+            raise UsageError(f"already serving on {self._serving.url}")
+        self._serving = await HttpEndpoint(self.routes).start(host, port)
+        return self._serving
+
+    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The pages as an ASGI app (mount it where the web app wants it)."""
+        if self._mounted is None:
+            self._mounted = HttpEndpoint(self.routes)
+        await self._mounted.asgi(scope, receive, send)
+
+    async def _stop_serving(self) -> None:
+        serving, self._serving = self._serving, None
+        if serving is not None:
+            await serving.aclose()

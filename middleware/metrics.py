@@ -58,7 +58,7 @@ from aiowt.transport.context import SessionContext
 from aiowt.transport.errors import UsageError
 from aiowt.transport.session import Session, SessionTap, Stream
 
-from ._http import HttpEndpoint, HttpRequest, HttpResponse, Receive, RouteHandler, Scope, Send
+from ._http import HttpRequest, HttpResponse, RouteHandler, ServesPages
 from .chain import CallNext
 from .timing import observe, when_accepted
 
@@ -341,7 +341,7 @@ class _SnapshotCollector:
             yield failures
 
 
-class PrometheusMetrics(Metrics):
+class PrometheusMetrics(Metrics, ServesPages):
     """A `Metrics` middleware that also serves the collector in the Prometheus format.
 
     Seed 000's ``PrometheusMetrics``: ``server.use(prom)`` records, and the scrape
@@ -389,11 +389,10 @@ class PrometheusMetrics(Metrics):
         self.scrape_timeout = float(scrape_timeout)
         # Registered in no registry of its own: it joins each scrape's registry.
         self._process = ProcessCollector(registry=None) if process else None
-        self._endpoint = HttpEndpoint(self.routes)
-        self._serving: HttpEndpoint | None = None
 
     def __repr__(self) -> str:
-        serving = f", serving={self._serving.url}" if self._serving is not None else ""
+        url = self.serving_url
+        serving = f", serving={url}" if url is not None else ""
         return f"PrometheusMetrics(path={self.path!r}, metrics={self.service!r}{serving})"
 
     async def render(self, accept: str = "") -> tuple[bytes, str]:
@@ -423,20 +422,7 @@ class PrometheusMetrics(Metrics):
         """``{path: handler}``, to combine with other endpoints in one `HttpEndpoint`."""
         return {self.path: self._scrape}
 
-    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> HttpEndpoint:
-        """Serve the scrape endpoint on `host`:`port` (0: a free port; see its ``url``)."""
-        if self._serving is not None:
-            raise UsageError(f"already serving on {self._serving.url}")
-        self._serving = await HttpEndpoint(self.routes).start(host, port)
-        return self._serving
-
-    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The scrape endpoint as an ASGI app (mount it where the web app wants it)."""
-        await self._endpoint.asgi(scope, receive, send)
-
     async def aclose(self) -> None:
         """Stop serving, and stop the collector if this middleware started it."""
-        serving, self._serving = self._serving, None
-        if serving is not None:
-            await serving.aclose()
+        await self._stop_serving()
         await super().aclose()

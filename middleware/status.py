@@ -39,7 +39,7 @@ from aiowt.transport.context import SessionContext
 from aiowt.transport.errors import UsageError
 from aiowt.transport.session import Session
 
-from ._http import HttpEndpoint, HttpRequest, HttpResponse, Receive, RouteHandler, Scope, Send
+from ._http import HttpRequest, HttpResponse, RouteHandler, ServesPages
 from .chain import CallNext
 from .logging import format_duration
 from .timing import observe, when_accepted
@@ -62,7 +62,7 @@ HealthCheck = Callable[[], bool | Awaitable[bool]]
 """A named health check: returns (or resolves to) True when healthy; raising is failing."""
 
 
-class Status:
+class Status(ServesPages):
     """Count verdicts by status and their response times; serve them as JSON (seed 003).
 
     `metrics` is the `MetricsCollector` to count in (default: one started on first
@@ -104,11 +104,10 @@ class Status:
         self.timeout = float(timeout)
         self._clock = clock
         self._started = clock()
-        self._endpoint = HttpEndpoint(self.routes)
-        self._serving: HttpEndpoint | None = None
 
     def __repr__(self) -> str:
-        serving = f", serving={self._serving.url}" if self._serving is not None else ""
+        url = self.serving_url
+        serving = f", serving={url}" if url is not None else ""
         return f"Status(path={self.path!r}, health_path={self.health_path!r}{serving})"
 
     # --- the middleware --------------------------------------------------------------------------
@@ -213,20 +212,7 @@ class Status:
         """``{path: handler, health_path: handler}``, to combine with other endpoints."""
         return {self.path: self._status_page, self.health_path: self._health_page}
 
-    async def serve(self, host: str = "127.0.0.1", port: int = 0) -> HttpEndpoint:
-        """Serve the status and health pages on `host`:`port` (0: a free port)."""
-        if self._serving is not None:
-            raise UsageError(f"already serving on {self._serving.url}")
-        self._serving = await HttpEndpoint(self.routes).start(host, port)
-        return self._serving
-
-    async def asgi(self, scope: Scope, receive: Receive, send: Send) -> None:
-        """The status and health pages as an ASGI app."""
-        await self._endpoint.asgi(scope, receive, send)
-
     async def aclose(self) -> None:
         """Stop serving, and stop the collector if this middleware started it."""
-        serving, self._serving = self._serving, None
-        if serving is not None:
-            await serving.aclose()
+        await self._stop_serving()
         await self.service.stop()

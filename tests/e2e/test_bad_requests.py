@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import pytest
 from aioquic.asyncio.client import connect as quic_connect
@@ -14,6 +16,7 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent
 
 from aiowt.transport import Server
+from aiowt.transport._protocol import WebTransportProtocol
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
 
@@ -39,6 +42,21 @@ class RawH3(QuicConnectionProtocol):
         self.h3.send_headers(stream_id, headers, end_stream=end)
         self.transmit()
         return await self.responses[stream_id]
+
+
+@asynccontextmanager
+async def raw_client(server: Server) -> AsyncIterator[RawH3]:
+    """A bare HTTP/3 connection to `server`, not verifying its certificate."""
+    host, port = server.address
+    configuration = QuicConfiguration(
+        is_client=True,
+        alpn_protocols=H3_ALPN,
+        verify_mode=ssl.CERT_NONE,
+        max_datagram_frame_size=65536,
+    )
+    async with quic_connect(host, port, configuration=configuration, create_protocol=RawH3) as raw:
+        assert isinstance(raw, RawH3)
+        yield raw
 
 
 def base(server: Server, path: bytes = b"/echo") -> list[tuple[bytes, bytes]]:
@@ -79,18 +97,7 @@ async def test_bad_request_gets_a_clear_status(
 ) -> None:
     build, end_stream, status = CASES[case]
     server = await make_server(lambda s: s.route("/echo", Echo))
-    host, port = server.address
-    configuration = QuicConfiguration(
-        is_client=True,
-        alpn_protocols=H3_ALPN,
-        verify_mode=ssl.CERT_NONE,
-        max_datagram_frame_size=65536,
-    )
-    async with (
-        bounded(10),
-        quic_connect(host, port, configuration=configuration, create_protocol=RawH3) as raw,
-    ):
-        assert isinstance(raw, RawH3)
+    async with bounded(10), raw_client(server) as raw:
         response = await raw.request(build(base(server)), end_stream)
     assert response[b":status"] == status
     assert response.get(b"aiowt-reason")
@@ -104,21 +111,9 @@ async def test_bad_request_gets_a_clear_status(
 async def test_a_peer_that_never_sends_connect_is_disconnected(
     make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aiowt.transport._protocol import WebTransportProtocol
-
     monkeypatch.setattr(WebTransportProtocol, "idle_connection_timeout", 0.2)
     server = await make_server(lambda s: s.route("/echo", Echo))
-    host, port = server.address
-    configuration = QuicConfiguration(
-        is_client=True,
-        alpn_protocols=H3_ALPN,
-        verify_mode=ssl.CERT_NONE,
-        max_datagram_frame_size=65536,
-    )
-    async with (
-        bounded(10),
-        quic_connect(host, port, configuration=configuration, create_protocol=RawH3) as raw,
-    ):
+    async with bounded(10), raw_client(server) as raw:
         await raw.wait_closed()  # the server closed the silent connection
     assert not server._listener.connections  # type: ignore[union-attr]
 
@@ -126,20 +121,8 @@ async def test_a_peer_that_never_sends_connect_is_disconnected(
 async def test_too_many_sessions_on_one_connection_get_429(
     make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from aiowt.transport._protocol import WebTransportProtocol
-
     monkeypatch.setattr(WebTransportProtocol, "max_sessions_per_connection", 2)
     server = await make_server(lambda s: s.route("/echo", Echo))
-    host, port = server.address
-    configuration = QuicConfiguration(
-        is_client=True,
-        alpn_protocols=H3_ALPN,
-        verify_mode=ssl.CERT_NONE,
-        max_datagram_frame_size=65536,
-    )
-    async with (
-        bounded(10),
-        quic_connect(host, port, configuration=configuration, create_protocol=RawH3) as raw,
-    ):
+    async with bounded(10), raw_client(server) as raw:
         statuses = [(await raw.request(base(server), False))[b":status"] for _ in range(3)]
     assert statuses == [b"200", b"200", b"429"]
