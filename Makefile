@@ -52,7 +52,8 @@ pytest: $(STAMP) chromium $(CHAT_VENDOR)
 test: lint typecheck pytest
 
 bench: $(STAMP)
-	$(PY) -m bench
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench --profile
 
 clean:
 	rm -rf $(VENV) build examples/chat/node_modules examples/chat/static/vendor

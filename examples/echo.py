@@ -24,8 +24,14 @@ class Echo(Handler):
             reply.write(data, end_stream=end_stream)
             if end_stream:
                 del self._replies[stream.stream_id]
+            else:
+                await reply.drain()
         else:
             stream.write(data, end_stream=end_stream)
+            if not end_stream:
+                # Wait while the peer reads slower than it writes: without it a large
+                # transfer fills the send buffer past its bound (SLOW_CONSUMER closes).
+                await stream.drain()
 
     async def on_start(self) -> None:
         self._replies: dict[int, Stream] = {}

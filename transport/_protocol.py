@@ -163,6 +163,11 @@ class WebTransportProtocol(QuicConnectionProtocol):
         self._capsules: dict[int, CapsuleDecoder] = {}
         self._streams: dict[int, Stream] = {}
         self._local_bidi: set[int] = set()
+        self._discarded: set[int] = set()
+        """Streams forgotten while the peer may still send on them (a session closed, a
+        stream refused): their late data and resets are dropped here. Handed to the
+        HTTP/3 layer, whose state for them is gone, the data would be parsed as HTTP/3
+        frames and the whole connection closed with H3_FRAME_UNEXPECTED."""
         self._drain_watch: set[Stream] = set()
         self._settings_waiter: asyncio.Future[None] | None = None
         self._response_waiters: dict[int, asyncio.Future[list[tuple[bytes, bytes]]]] = {}
@@ -211,6 +216,12 @@ class WebTransportProtocol(QuicConnectionProtocol):
             self._connection_lost(event)
             return
         if self._h3 is None:
+            return
+        if isinstance(event, StreamDataReceived | StreamReset) and (
+            event.stream_id in self._discarded
+        ):
+            if isinstance(event, StreamReset) or event.end_stream:
+                self._discarded.discard(event.stream_id)
             return
         if isinstance(event, StreamDataReceived) and event.stream_id in self._local_bidi:
             stream = self._streams.get(event.stream_id)
@@ -555,6 +566,10 @@ class WebTransportProtocol(QuicConnectionProtocol):
             # aioquic keeps HTTP/3 state for peer-opened streams until it sees both
             # directions end, and it never sees ours: drop it here or it leaks.
             self._h3._stream.pop(sid, None)
+            if not (stream.unidirectional and stream.opened_locally):
+                quic_stream = self._quic._streams.get(sid)
+                if quic_stream is not None and not quic_stream.receiver.is_finished:
+                    self._discarded.add(sid)
         stream.session._on_stream_finished(stream)
 
     def send_buffer_size(self, stream: Stream) -> int:

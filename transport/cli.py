@@ -47,6 +47,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="a fresh 13-day development certificate (the default)",
     )
     run.add_argument("--key", help="private key (PEM)")
+    run.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help=(
+            "serve from N processes sharing the UDP port (SO_REUSEPORT), restarted if they"
+            " crash; limits and registries are per process, and a client that changes"
+            " address (connection migration) loses its connection (default: 1)"
+        ),
+    )
 
     cert = commands.add_parser("cert", help="write a self-signed development certificate")
     cert.add_argument("--out", default=".", help="directory for cert.pem and key.pem (default: .)")
@@ -76,6 +86,20 @@ def _cert(out: Path, days: int) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from .server import Server
+
+    if args.workers != 1:
+        from .workers import supervise
+
+        if args.workers < 1:
+            raise UsageError(f"--workers must be at least 1, got {args.workers}")
+        return supervise(
+            args.target,
+            workers=args.workers,
+            host=args.host,
+            port=args.port,
+            cert_file=args.cert,
+            key_file=args.key,
+        )
 
     server = load_server(args.target)
     if not isinstance(server, Server):

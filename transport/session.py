@@ -296,8 +296,10 @@ class Session:
         self.bytes_in = 0
         self.bytes_out = 0
         self._closed_waiter: asyncio.Future[CloseInfo] = asyncio.get_running_loop().create_future()
-        self._datagrams: collections.deque[bytes] = collections.deque()
-        self._incoming: collections.deque[Stream] = collections.deque()
+        # The pull API's queues, made on first use: an empty deque costs 760 bytes, and a
+        # session with a listener attached (every server session) never uses them.
+        self._datagrams: collections.deque[bytes] | None = None
+        self._incoming: collections.deque[Stream] | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._release: Callable[[bool], Awaitable[None]] | None = None
 
@@ -322,8 +324,8 @@ class Session:
     def attach(self, listener: SessionListener) -> None:
         """Route every later event to `listener`, replaying anything already queued."""
         self.listener = listener
-        while self._incoming:
-            stream = self._incoming.popleft()
+        incoming, self._incoming = self._incoming, None
+        for stream in incoming or ():
             listener.stream_opened(stream)
         for stream in list(self.streams.values()):
             if stream._chunks or stream._eof:
@@ -331,8 +333,9 @@ class Session:
                 stream._chunks.clear()
                 stream.buffered = 0
                 listener.stream_data_received(stream, data, stream._eof)
-        while self._datagrams:
-            listener.datagram_received(self._datagrams.popleft())
+        datagrams, self._datagrams = self._datagrams, None
+        for data in datagrams or ():
+            listener.datagram_received(data)
         if self.close_info is not None:
             listener.session_closed(self.close_info)
 
@@ -388,20 +391,20 @@ class Session:
     # --- receiving (pull API) ---------------------------------------------------------------
     async def receive_datagram(self) -> bytes:
         """The next datagram; `SessionClosedError` once the session has ended."""
-        while not self._datagrams:
+        while not (datagrams := self._datagrams):
             self._raise_if_closed()
             await self._wait()
-        return self._datagrams.popleft()
+        return datagrams.popleft()
 
     async def receive_datagram_message(self) -> Any:
         return decode_message(await self.receive_datagram(), max_size=self.max_message_size)
 
     async def accept_stream(self) -> Stream:
         """The next stream the peer opened."""
-        while not self._incoming:
+        while not (incoming := self._incoming):
             self._raise_if_closed()
             await self._wait()
-        return self._incoming.popleft()
+        return incoming.popleft()
 
     # --- called by the protocol ---------------------------------------------------------------
     def _check_open(self) -> None:
@@ -420,10 +423,13 @@ class Session:
         if self.listener is not None:
             self.listener.datagram_received(data)
             return
-        if len(self._datagrams) >= self.max_queued_datagrams:
-            self._datagrams.popleft()
+        datagrams = self._datagrams
+        if datagrams is None:
+            datagrams = self._datagrams = collections.deque()
+        elif len(datagrams) >= self.max_queued_datagrams:
+            datagrams.popleft()
             self.datagrams_dropped += 1
-        self._datagrams.append(data)
+        datagrams.append(data)
         self._wake()
 
     def _on_stream_opened(self, stream: Stream) -> bool:
@@ -434,6 +440,8 @@ class Session:
         if self.listener is not None:
             self.listener.stream_opened(stream)
         else:
+            if self._incoming is None:
+                self._incoming = collections.deque()
             self._incoming.append(stream)
             self._wake()
         return True

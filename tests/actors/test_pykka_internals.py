@@ -199,3 +199,14 @@ def test_registry_api_used() -> None:
     assert stop_all["timeout"].kind is inspect.Parameter.KEYWORD_ONLY
     assert issubclass(pykka.ActorDeadError, Exception)
     assert issubclass(pykka.Timeout, Exception)
+
+
+def test_loop_actor_init_mirrors_pykkas() -> None:
+    # LoopActor.__init__ re-implements pykka's (with a light stopped flag).
+    source = inspect.getsource(Actor.__init__)
+    assert [line.strip() for line in source.splitlines() if line.strip().startswith("self.")] == [
+        "self.actor_urn = uuid.uuid4().urn",
+        "self.actor_inbox = self._create_actor_inbox()",
+        "self.actor_stopped = threading.Event()",
+        "self._actor_ref = ActorRef(self)",
+    ]

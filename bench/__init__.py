@@ -1,0 +1,1 @@
+"""aiowt benchmarks: raw aioquic, aiowt and pywebtransport side by side (`python -m bench`)."""
