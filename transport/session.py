@@ -302,6 +302,7 @@ class Session:
         self._incoming: collections.deque[Stream] | None = None
         self._waiters: list[asyncio.Future[None]] = []
         self._release: Callable[[bool], Awaitable[None]] | None = None
+        self._max_datagram: int | None = None
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
@@ -315,7 +316,11 @@ class Session:
     @property
     def max_datagram_size(self) -> int:
         """The largest datagram payload that fits one QUIC packet on this connection."""
-        return self._protocol.max_datagram_payload(self.session_id)
+        # Fixed once the handshake is done (packet size, connection-id length, session
+        # id); computing it costs about a microsecond, paid on every send otherwise.
+        if self._max_datagram is None:
+            self._max_datagram = self._protocol.max_datagram_payload(self.session_id)
+        return self._max_datagram
 
     async def wait_closed(self) -> CloseInfo:
         """Wait for the session to end, however it ends."""
