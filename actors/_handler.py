@@ -63,7 +63,6 @@ class Handler(LoopActor):
         self.session = session
         self.close_info: CloseInfo | None = None
         self.failure: BaseException | None = None
-        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._decoders: dict[int, FrameDecoder] = {}
         self._outbound: Stream | None = None
         self._on_stop_ran = False
