@@ -1,0 +1,144 @@
+"""Faults on the path: packet loss and reordering on loopback, through a UDP relay written
+in the test (`support.UdpRelay`: per-direction loss, and packets held back for up to a few
+milliseconds so that later ones overtake them, from a seeded RNG).
+
+Through it, concurrent sessions each: echo a large random payload on a bidirectional
+stream (it must come back whole and in order), exchange a sequence of msgpack messages
+(all of them, in order), echo on a unidirectional stream, and close with an application
+code and reason that the server's handler must see exactly (the close capsule is stream
+data: reliable). The loss must really have happened (the relay's counters are checked).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import random
+from typing import ClassVar
+
+import pytest
+
+from aiowt.transport import CloseCode, CloseInfo, connect
+from aiowt.transport.tls import SelfSignedCertificate
+from examples.echo import Echo
+from tests.conftest import ServerFactory, bounded
+from tests.reliability.support import UdpRelay, scaled, watching
+
+SESSIONS = scaled(6, 24)
+PAYLOAD = scaled(256 * 1024, 2 * 1024 * 1024)
+MESSAGES = scaled(40, 300)
+PATHS = {
+    "10% loss, 10% reordered": (0.10, 0.10),
+    "2% loss, 50% reordered": (0.02, 0.50),
+}
+if scaled(0, 1):
+    PATHS["25% loss, 25% reordered"] = (0.25, 0.25)
+CLOSE_CODE_SURVIVES_LOSS = False
+"""Flip with fix Q. The client's `aclose()` waits for one ping (0.5 s) and then closes
+the connection; under loss the ping can be acknowledged while the close capsule is not,
+and the server then sees only CONNECTION_CLOSE: the session ends as ABORTED, without the
+client's code and reason. Seen in about half the runs at 10 % loss with 4 sessions."""
+
+
+class Exchange(Echo):
+    """Echo, and reports how each session ended."""
+
+    ends: ClassVar[asyncio.Queue[tuple[str, CloseInfo | None]]]
+
+    async def on_stop(self) -> None:
+        self.ends.put_nowait((self.ctx.path_params["n"], self.close_info))
+
+
+async def exchange(url: str, cert_hash: bytes, n: int) -> None:
+    rng = random.Random(n)
+    session = await connect(f"{url}/{n}", cert_hash=cert_hash, timeout=30)
+    try:
+        payload = rng.randbytes(PAYLOAD)
+        bulk = session.open_stream()
+        bulk.write(payload, end_stream=True)
+
+        talk = session.open_stream()
+        messages = [{"n": i, "pad": "x" * rng.randrange(0, 2000)} for i in range(MESSAGES)]
+        for message in messages:
+            talk.send_message(message)
+        replies = [await talk.receive_message() for _ in messages]
+        assert replies == messages  # all of them, in order
+
+        one_way = session.open_stream(unidirectional=True)
+        one_way.write(b"uni" * 1000, end_stream=True)
+        back = await session.accept_stream()
+        assert await back.read_all() == b"uni" * 1000
+
+        assert await bulk.read_all() == payload  # whole and in order
+    finally:
+        await session.aclose(4000 + n, f"done {n}")
+
+
+@pytest.mark.timeout(scaled(120, 900))
+@pytest.mark.parametrize("path", list(PATHS))
+async def test_exchanges_complete_through_loss_and_reordering(
+    make_server: ServerFactory, certificate: SelfSignedCertificate, path: str
+) -> None:
+    loss, reorder = PATHS[path]
+    Exchange.ends = asyncio.Queue()
+    with watching(asyncio.get_running_loop()) as watch:
+        server = await make_server(lambda s: s.route("/x/{n}", Exchange))
+        relay = UdpRelay(server.address, seed=len(path)).start()
+        relay.loss_to_server = relay.loss_to_client = loss
+        relay.reorder = reorder
+        try:
+            host, port = relay.address
+            async with bounded(scaled(90, 800)):
+                await asyncio.gather(
+                    *(
+                        exchange(f"https://{host}:{port}/x", certificate.sha256, n)
+                        for n in range(SESSIONS)
+                    )
+                )
+                ends = dict([await Exchange.ends.get() for _ in range(SESSIONS)])
+        finally:
+            relay.close()
+        print(f"faults {path}: {dict(relay.stats)}")
+        lost_closes = 0
+        for n in range(SESSIONS):
+            info = ends[str(n)]
+            assert info is not None
+            if not CLOSE_CODE_SURVIVES_LOSS and info.code == CloseCode.ABORTED:
+                lost_closes += 1  # fix Q: the close capsule was lost, CONNECTION_CLOSE came
+                continue
+            assert (info.code, info.reason, info.by_peer) == (4000 + n, f"done {n}", True)
+        print(f"faults {path}: close capsules lost to CONNECTION_CLOSE: {lost_closes}")
+        for direction in ("to_server", "to_client"):
+            if loss:
+                assert relay.stats[f"{direction}_dropped"] > 0
+            assert relay.stats[f"{direction}_held"] > 0
+        assert server.live_sessions == 0
+    watch.check()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs fix P: the client's aclose() gives a ping 0.5 s; when it times out, "
+    "aioquic's ping waiter later fails with ConnectionError that nobody retrieves "
+    "('Future exception was never retrieved' on the loop)",
+)
+async def test_closing_a_client_over_a_dead_path_reports_nothing_to_the_loop(
+    make_server: ServerFactory, certificate: SelfSignedCertificate
+) -> None:
+    loop = asyncio.get_running_loop()
+    with watching(loop) as watch:
+        server = await make_server(lambda s: s.route("/echo", Echo), idle_timeout=1.0)
+        relay = UdpRelay(server.address).start()
+        host, port = relay.address
+        try:
+            session = await connect(f"https://{host}:{port}/echo", cert_hash=certificate.sha256)
+            relay.loss_to_server = relay.loss_to_client = 1.0  # the path dies
+            protocol = session._protocol
+            async with bounded(10):
+                await session.aclose()
+                await protocol.wait_closed()
+            del session, protocol
+            gc.collect()
+        finally:
+            relay.close()
+    watch.check()
