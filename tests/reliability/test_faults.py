@@ -112,6 +112,7 @@ async def test_exchanges_complete_through_loss_and_reordering(
             if loss:
                 assert relay.stats[f"{direction}_dropped"] > 0
             assert relay.stats[f"{direction}_held"] > 0
+        await asyncio.wait_for(server.wait_idle(), 10)  # on_stop ran; the chain unwinds after
         assert server.live_sessions == 0
     watch.check()
 

@@ -247,6 +247,7 @@ async def test_outbound_channel_closes_only_a_peer_that_stops_reading(
                     # The deaf connection is released by the QUIC idle timeout.
                     assert server._listener is not None
                     await connections_closed(list(server._listener.connections), 5 + IDLE_TIMEOUT)
+                    await asyncio.wait_for(server.wait_idle(), 10)
                     assert server.live_sessions == 0
         finally:
             await (session.aclose() if reads else session.abort())
