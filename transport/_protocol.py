@@ -440,6 +440,9 @@ class WebTransportProtocol(QuicConnectionProtocol):
         for stream in list(session.streams.values()):
             if alive:
                 self._abort_stream_quietly(stream)
+            # Wake readers and drainers before the stream leaves the session's table,
+            # or one waiting in `read()` or `drain()` would never hear of the end.
+            stream._session_ended()
             self._forget_stream(stream)
         if alive and info.by_peer:
             # Answer the peer's close with our FIN on the CONNECT stream, as the draft asks.

@@ -70,23 +70,29 @@ class CapsuleDecoder:
 
         Raises `PeerError` for a capsule above `MAX_CAPSULE_SIZE` or a malformed close.
         """
-        self._buffer += data
+        data = self._buffer + data
         capsules: list[CloseSession | DrainSession | Capsule] = []
-        while self._buffer:
-            buf = Buffer(data=self._buffer)
-            try:
-                capsule_type = buf.pull_uint_var()
-                length = buf.pull_uint_var()
-            except BufferReadError:
-                break
-            if length > MAX_CAPSULE_SIZE:
-                raise PeerError(f"capsule of {length} bytes is too large")
-            start = buf.tell()
-            if len(self._buffer) - start < length:
-                break
-            value = self._buffer[start : start + length]
-            self._buffer = self._buffer[start + length :]
-            capsules.append(_decode(capsule_type, value))
+        # One parse position and one slice at the end: slicing after every capsule would
+        # make a burst of tiny capsules quadratic.
+        buf = Buffer(data=data)
+        consumed = 0
+        try:
+            while consumed < len(data):
+                try:
+                    capsule_type = buf.pull_uint_var()
+                    length = buf.pull_uint_var()
+                except BufferReadError:
+                    break
+                if length > MAX_CAPSULE_SIZE:
+                    raise PeerError(f"capsule of {length} bytes is too large")
+                start = buf.tell()
+                if len(data) - start < length:
+                    break
+                capsules.append(_decode(capsule_type, data[start : start + length]))
+                consumed = start + length
+                buf.seek(consumed)
+        finally:
+            self._buffer = data[consumed:]
         return capsules
 
     @property

@@ -134,9 +134,9 @@ class Stream:
 
     def write(self, data: bytes, *, end_stream: bool = False) -> None:
         """Queue `data` for sending; raises if the send side is closed or over its bound."""
+        self.session._check_open()
         if not self._send_open:
             raise StreamClosedError(self.stream_id, "send side is closed")
-        self.session._check_open()
         if end_stream:
             self._send_open = False
         self.session._protocol.send_stream_data(self, data, end_stream)
@@ -240,6 +240,13 @@ class Stream:
         self._read_reset = code
         self.recv_open = False
         self._wake()
+
+    def _session_ended(self) -> None:
+        self._send_open = False
+        self.recv_open = False
+        self._eof = True
+        self._wake()
+        self._wake_drain()
 
     def _send_closed(self) -> None:
         self._send_open = False

@@ -260,11 +260,6 @@ async def _echo(session: Session) -> None:
     assert await session.receive_datagram() == b"bystander"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix K: CapsuleDecoder.feed re-slices its whole buffer after every "
-    "capsule (quadratic): one large delivery of tiny capsules blocks the event loop",
-)
 def test_decoding_many_small_capsules_takes_linear_time() -> None:
     # One CONNECT-stream delivery can be large: a peer that holds back the first packet of
     # a burst makes QUIC hand over everything after it at once when the gap is filled.

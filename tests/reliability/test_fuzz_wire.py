@@ -477,11 +477,6 @@ class Closer(Handler):
         self.close(1234, "bye")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix A: _finish_session forgets a session's streams before "
-    "Session._on_closed marks them ended, so a reader waiting on one is never woken",
-)
 async def test_a_reader_waiting_on_a_stream_wakes_when_the_session_closes() -> None:
     server = Server()
     server.route("/close", Closer)

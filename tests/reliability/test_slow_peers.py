@@ -292,12 +292,6 @@ async def _handled(ref: pykka.ActorRef[Any]) -> None:
         await ref.ask(None, block=False)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix A: when a connection ends, _finish_session forgets its streams "
-    "before Session._on_closed wakes them, so a handler in `await stream.drain()` waits "
-    "forever (its actor and session are never released)",
-)
 async def test_a_writer_that_waits_for_a_deaf_peer_is_released_by_the_idle_timeout(
     make_server: ServerFactory, certificate: SelfSignedCertificate
 ) -> None:
