@@ -15,6 +15,7 @@ escapes, and a bystander session is unaffected.
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import time
 from collections import Counter
@@ -265,12 +266,22 @@ def test_decoding_many_small_capsules_takes_linear_time() -> None:
     # a burst makes QUIC hand over everything after it at once when the gap is filled.
     small = b"\x21\x00" * 25_000
     large = small * 8
-    started = time.perf_counter()
-    CapsuleDecoder().feed(small)
-    small_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    CapsuleDecoder().feed(large)
-    large_seconds = time.perf_counter() - started
+
+    def best_of_three(data: bytes) -> float:
+        # The cyclic GC and a busy machine add noise unrelated to the algorithm.
+        times = []
+        gc.disable()
+        try:
+            for _ in range(3):
+                started = time.perf_counter()
+                CapsuleDecoder().feed(data)
+                times.append(time.perf_counter() - started)
+        finally:
+            gc.enable()
+        return min(times)
+
+    small_seconds = best_of_three(small)
+    large_seconds = best_of_three(large)
     # Linear: ~8x. Quadratic: ~64x. The bound leaves room for a noisy machine.
     assert large_seconds < 24 * max(small_seconds, 0.002), (small_seconds, large_seconds)
 
