@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TYPECHECK := build/typecheck
 
-.PHONY: demo test lint typecheck pytest chromium bench clean
+.PHONY: demo test lint typecheck pytest chromium bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -54,6 +54,10 @@ test: lint typecheck pytest
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench --profile
+
+# The reliability suite with its soak counts (about an hour; docs/reliability.md).
+soak: $(STAMP)
+	AIOWT_SOAK=1 $(PY) -m pytest -s tests/reliability
 
 clean:
 	rm -rf $(VENV) build examples/chat/node_modules examples/chat/static/vendor
