@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from types import TracebackType
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pykka
 import structlog
@@ -25,6 +25,10 @@ from .messages import (
     StreamOpened,
     StreamReset,
 )
+
+if TYPE_CHECKING:
+    from pykka._envelope import Envelope
+    from pykka._types import OptExcInfo
 
 __all__ = ["Handler", "run_session"]
 
@@ -63,7 +67,8 @@ class Handler(LoopActor):
         self.session = session
         self.close_info: CloseInfo | None = None
         self.failure: BaseException | None = None
-        self._decoders: dict[int, FrameDecoder] = {}
+        self._decoders: dict[int, FrameDecoder | None] = {}
+        """Per stream: its decoder, or None once its framing failed."""
         self._outbound: Stream | None = None
         self._on_stop_ran = False
 
@@ -106,18 +111,29 @@ class Handler(LoopActor):
         pass
 
     async def on_stream_data(self, stream: Stream, data: bytes, end_stream: bool) -> None:
-        decoder = self._decoders.get(stream.stream_id)
+        stream_id = stream.stream_id
+        decoder = self._decoders.get(stream_id)
+        if decoder is None and stream_id in self._decoders:
+            # The stream's framing failed: what follows is the inside of a refused
+            # frame, never a message of its own.
+            if end_stream:
+                del self._decoders[stream_id]
+            return
         if decoder is None:
-            decoder = self._decoders[stream.stream_id] = FrameDecoder(self.session.max_message_size)
+            decoder = self._decoders[stream_id] = FrameDecoder(self.session.max_message_size)
         try:
-            for message in decoder.feed(data):
+            for message in decoder.messages(data):
                 await self.on_message(message, stream)
             if end_stream:
                 decoder.close()
-        finally:
+        except PeerError:
             if end_stream:
-                self._decoders.pop(stream.stream_id, None)
+                del self._decoders[stream_id]
+            else:
+                self._decoders[stream_id] = None
+            raise
         if end_stream:
+            del self._decoders[stream_id]
             await self.on_stream_end(stream)
 
     async def on_stream_end(self, stream: Stream) -> None:
@@ -161,8 +177,6 @@ class Handler(LoopActor):
                 self.close_info = event.info
                 await self._stop_async()
         except PeerError as error:
-            if stream is not None:
-                self._decoders.pop(stream.stream_id, None)
             await self.on_peer_error(error, stream)
         except SessionClosedError:
             # Events queued before the session closed still reach the handler; replying
@@ -184,6 +198,17 @@ class Handler(LoopActor):
             self.close_info = self.session.close_info
         await self._call_hook(self.on_stop)
 
+    async def _handle_envelope_failure(
+        self, envelope: Envelope[Any], exc_info: OptExcInfo
+    ) -> None:
+        error = exc_info[1]
+        if envelope.reply_to is None and isinstance(error, PeerError):
+            # e.g. WriteBufferFull from a message told by a room: the peer's fault, not
+            # a handler bug, so it is handled as any other peer error.
+            await self._call_hook(lambda: self.on_peer_error(error, None))
+            return
+        await super()._handle_envelope_failure(envelope, exc_info)
+
     def _handle_failure(
         self,
         exception_type: type[BaseException] | None,
@@ -196,7 +221,6 @@ class Handler(LoopActor):
             if self.session.closed:
                 pass
             elif isinstance(exception_value, PeerError):
-                # e.g. WriteBufferFull from a message told by a room: the peer's fault.
                 self.session.close(exception_value.code, str(exception_value))
             else:
                 self.session.close(CloseCode.INTERNAL_ERROR, "internal error")

@@ -27,7 +27,7 @@ from aiowt.middleware.chain import CallNext
 from aiowt.transport.context import SessionContext
 from aiowt.transport.errors import Rejected, UsageError
 
-from .keys import AUTH_SCHEME, REMOTE_USER
+from .keys import AUTH_SCHEME, REMOTE_USER, SECRET_NAMES
 from .request import MalformedQuery, _callable_name, _check_callable, _header_name, _maybe_await
 from .request import parse_query as _parse_query
 
@@ -218,7 +218,8 @@ class QueryAuth:
     string, or `param` given more than once, is a 400; a missing or empty token, or one
     `validate` refuses, is a 401 (with a ``www-authenticate: Bearer`` challenge: RFC
     6750 defines the query parameter as a way to send a bearer token). The path that
-    aiowt logs never includes the query string, so the token stays out of the logs.
+    aiowt logs never includes the query string, and the access logs redact `param`
+    whatever its name (`SECRET_NAMES`), so the token stays out of the logs.
     """
 
     def __init__(self, param: str, validate: TokenValidator) -> None:
@@ -238,6 +239,7 @@ class QueryAuth:
         return f"QueryAuth({self.param!r}, {_callable_name(self.validate)})"
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
+        _mark_secret(ctx, self.param)
         try:
             query = _parse_query(ctx.request.query_string)
         except MalformedQuery as exc:
@@ -277,6 +279,7 @@ class RequireKey:
         return f"RequireKey({self.header!r}, key=<hidden>)"
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
+        _mark_secret(ctx, self.header)
         values = ctx.request.header_values(self.header)
         if not values:
             _refuse("key", ctx, 401, "missing API key", None)
@@ -352,3 +355,8 @@ class BasicAuth:
         ctx.set(REMOTE_USER, user)
         ctx.set(AUTH_SCHEME, "basic")
         await call_next(ctx)
+
+
+def _mark_secret(ctx: SessionContext, name: str) -> None:
+    # Before any verdict: a refused credential must stay out of the logs too.
+    ctx.set(SECRET_NAMES, ctx.get(SECRET_NAMES) | {name.lower()})

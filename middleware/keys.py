@@ -19,6 +19,7 @@ __all__ = [
     "ORIGIN",
     "QUERY",
     "REMOTE_USER",
+    "SECRET_NAMES",
     "SUBPROTOCOL",
     "USER_AGENT",
 ]
@@ -46,3 +47,8 @@ QUERY: Key[Mapping[str, tuple[str, ...]]] = Key("aiowt.query")
 
 SUBPROTOCOL: Key[str] = Key("aiowt.subprotocol")
 """The application protocol `Subprotocols` chose (also sent as ``wt-protocol``)."""
+
+SECRET_NAMES: Key[frozenset[str]] = Key("aiowt.secret_names", frozenset())
+"""Lower-cased query parameter and header names that carried a credential in this
+request, added by the authenticators that read them (`QueryAuth`, `RequireKey`). The
+access logs redact these on top of their own list, whatever the names are."""

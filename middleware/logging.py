@@ -35,7 +35,7 @@ from aiowt.transport.context import SessionContext
 from aiowt.transport.errors import UsageError
 
 from .chain import CallNext
-from .keys import REMOTE_USER
+from .keys import REMOTE_USER, SECRET_NAMES
 from .timing import SessionRecord, observe, when_accepted
 
 __all__ = [
@@ -267,8 +267,12 @@ def _trim(number: str) -> str:
     return number.rstrip("0").rstrip(".") if "." in number else number
 
 
+def _redacted_query(ctx: SessionContext, redact: frozenset[str]) -> str:
+    return redact_query(ctx.request.query_string, redact | ctx.get(SECRET_NAMES))
+
+
 def _url(ctx: SessionContext, redact: frozenset[str]) -> str:
-    query = redact_query(ctx.request.query_string, redact)
+    query = _redacted_query(ctx, redact)
     return ctx.path + (f"?{query}" if query else "")
 
 
@@ -306,7 +310,9 @@ def _compile(fmt: str, redact: frozenset[str]) -> tuple[str | _Render, ...]:
                 value = ctx.request.header(wanted)
             if value is None:
                 return "-"
-            return "REDACTED" if hidden else _escape(value)
+            if hidden or wanted in ctx.get(SECRET_NAMES):
+                return "REDACTED"
+            return _escape(value)
 
         return render
 
@@ -326,9 +332,7 @@ def _compile(fmt: str, redact: frozenset[str]) -> tuple[str | _Render, ...]:
         "T": lambda ctx, r: f"{r.elapsed:.3f}",
         "m": lambda ctx, r: ctx.method,
         "U": lambda ctx, r: _escape(ctx.path),
-        "q": lambda ctx, r: _escape(
-            f"?{q}" if (q := redact_query(ctx.request.query_string, redact)) else ""
-        ),
+        "q": lambda ctx, r: _escape(f"?{q}" if (q := _redacted_query(ctx, redact)) else ""),
         "H": lambda ctx, r: "HTTP/3",
         "P": lambda ctx, r: str(_PID()),
         "%": lambda ctx, r: "%",

@@ -7,6 +7,7 @@ malformed or oversized raises `MalformedFrame` or `FrameTooLarge`, never somethi
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import msgpack
@@ -66,24 +67,31 @@ class FrameDecoder:
 
     def feed(self, data: bytes) -> list[Any]:
         """Every complete message in the bytes so far. Raises on the first bad frame."""
+        return list(self.messages(data))
+
+    def messages(self, data: bytes) -> Iterator[Any]:
+        """Yield each complete message in the bytes so far, in order.
+
+        A bad frame raises only after every good frame before it was yielded, so what
+        a handler sees does not depend on how the peer's bytes were cut into packets.
+        """
         self._buffer += data
-        messages: list[Any] = []
-        offset = 0
         buffer = self._buffer
-        while len(buffer) - offset >= _HEADER:
-            length = int.from_bytes(buffer[offset : offset + _HEADER], "big")
-            if length > self.max_size:
-                raise FrameTooLarge(f"frame of {length} bytes exceeds {self.max_size}")
-            end = offset + _HEADER + length
-            if len(buffer) < end:
-                break
-            messages.append(
-                decode_message(bytes(buffer[offset + _HEADER : end]), max_size=self.max_size)
-            )
-            offset = end
-        if offset:
-            del buffer[:offset]
-        return messages
+        offset = 0
+        try:
+            while len(buffer) - offset >= _HEADER:
+                length = int.from_bytes(buffer[offset : offset + _HEADER], "big")
+                if length > self.max_size:
+                    raise FrameTooLarge(f"frame of {length} bytes exceeds {self.max_size}")
+                end = offset + _HEADER + length
+                if len(buffer) < end:
+                    break
+                body = bytes(buffer[offset + _HEADER : end])
+                offset = end
+                yield decode_message(body, max_size=self.max_size)
+        finally:
+            if offset:
+                del buffer[:offset]
 
     def close(self) -> None:
         """The stream ended: a partial frame left over is malformed."""

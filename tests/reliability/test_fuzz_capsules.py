@@ -311,6 +311,10 @@ _H3_RULES = (
     "Invalid frame type",
     "Closing control stream",
     "settings",
+    # QPACK errors (a HEADERS frame of random bytes) come without a reason phrase.
+    "connection closed (0x200)",
+    "connection closed (0x201)",
+    "connection closed (0x202)",
 )
 datagram_prefixes = st.tuples(st.one_of(st.just(None), varints), st.binary(max_size=24))
 

@@ -170,11 +170,6 @@ async def test_secrets_never_reach_logs_reprs_or_metrics(services: Services) -> 
     watch.check(allowed=["refused:", "auth callback raised"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix L: QueryAuth's parameter is redacted by the access logs only if its "
-    "name is in DEFAULT_REDACTED ('token', 'api_key', ...); QueryAuth('key') leaks",
-)
 async def test_a_query_token_is_redacted_whatever_its_parameter_is_called() -> None:
     lines: list[str] = []
     server = Server()
@@ -187,6 +182,20 @@ async def test_a_query_token_is_redacted_whatever_its_parameter_is_called() -> N
     await server.shutdown()
     texts = {"access log": "\n".join(lines), "structlog": repr(watch.logs)}
     assert not _leaks(texts), _leaks(texts)
+
+
+async def test_an_api_key_header_is_redacted_whatever_it_is_called() -> None:
+    lines: list[str] = []
+    server = Server()
+    server.use(AccessLog('"%{X-Door-Key}i" %q', sink=lines.append))
+    server.route("/k", Echo, RequireKey("x-door-key", API_KEY))
+    with watching() as watch:
+        assert await _attempt(server, "/k", [("x-door-key", API_KEY)])
+        assert not await _attempt(server, "/k", [("x-door-key", WRONG)])
+        await server.wait_idle()
+    await server.shutdown()
+    assert lines == ['"REDACTED" '] * 2, lines
+    assert not _leaks({"structlog": repr(watch.logs)})
 
 
 async def test_secrets_are_compared_with_compare_digest_on_fixed_size_digests(

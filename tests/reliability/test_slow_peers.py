@@ -255,13 +255,6 @@ async def test_outbound_channel_closes_only_a_peer_that_stops_reading(
     watch.check()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix G: WriteBufferFull (a PeerError) raised by a write in on_receive "
-    "closes with SLOW_CONSUMER but is still handled as a handler bug: logged as "
-    "'unhandled exception in actor' and 'session failed', and returned as the session's "
-    "failure (so CircuitBreaker counts slow clients as server failures)",
-)
 async def test_a_raw_write_past_the_bound_from_on_receive_closes_as_slow_consumer(
     make_server: ServerFactory, certificate: SelfSignedCertificate
 ) -> None:
