@@ -198,9 +198,7 @@ class Handler(LoopActor):
             self.close_info = self.session.close_info
         await self._call_hook(self.on_stop)
 
-    async def _handle_envelope_failure(
-        self, envelope: Envelope[Any], exc_info: OptExcInfo
-    ) -> None:
+    async def _handle_envelope_failure(self, envelope: Envelope[Any], exc_info: OptExcInfo) -> None:
         error = exc_info[1]
         if envelope.reply_to is None and isinstance(error, PeerError):
             # e.g. WriteBufferFull from a message told by a room: the peer's fault, not
