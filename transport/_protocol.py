@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import structlog
@@ -38,7 +38,7 @@ from aioquic.quic.events import (
     StreamReset,
 )
 
-from .capsule import CapsuleDecoder, CloseSession, DrainSession, encode_close
+from .capsule import MAX_CAPSULE_SIZE, CapsuleDecoder, CloseSession, DrainSession, encode_close
 from .codes import CloseCode
 from .context import CloseInfo
 from .errors import HandshakeError, PeerError, SessionClosedError, UsageError
@@ -102,7 +102,11 @@ class IncomingSession:
         self.stream_id = stream_id
         self.request = request
         self.decided = False
+        self.gone = False
+        """The client left (its connection closed or its CONNECT stream was reset) before
+        the verdict: `accept()` then raises `SessionClosedError`, `reject()` does nothing."""
         self._early_data = b""
+        self._early_end = False
 
     def __repr__(self) -> str:
         return f"<IncomingSession {self.stream_id} {self.request.path}>"
@@ -121,7 +125,8 @@ class IncomingSession:
     ) -> None:
         """Answer `status` (4xx/5xx) with `reason` in the `aiowt-reason` header."""
         self._decide()
-        self._protocol.reject(self.stream_id, status, reason, headers)
+        if not self.gone:
+            self._protocol.reject(self.stream_id, status, reason, headers)
 
     def _decide(self) -> None:
         if self.decided:
@@ -169,6 +174,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
         HTTP/3 layer, whose state for them is gone, the data would be parsed as HTTP/3
         frames and the whole connection closed with H3_FRAME_UNEXPECTED."""
         self._drain_watch: set[Stream] = set()
+        self._delivery_waiters: list[tuple[tuple[int, ...], asyncio.Future[None]]] = []
         self._settings_waiter: asyncio.Future[None] | None = None
         self._response_waiters: dict[int, asyncio.Future[list[tuple[bytes, bytes]]]] = {}
         self.is_closed = False
@@ -203,9 +209,12 @@ class WebTransportProtocol(QuicConnectionProtocol):
         self._transmit_soon()
 
     def transmit(self) -> None:
+        # aioquic transmits after every datagram received: acknowledgements land here.
         super().transmit()
         if self._drain_watch:
             self._check_drain()
+        if self._delivery_waiters:
+            self._check_delivered()
 
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ProtocolNegotiated):
@@ -232,6 +241,9 @@ class WebTransportProtocol(QuicConnectionProtocol):
             event
         ):
             return
+        if isinstance(event, StreamReset):
+            # aioquic's HTTP/3 layer drops resets: the one of a CONNECT stream ends its session.
+            self._connect_stream_reset(event)
         for h3_event in self._h3.handle_event(event):
             self._h3_event_received(h3_event)
         self._check_settings()
@@ -274,6 +286,12 @@ class WebTransportProtocol(QuicConnectionProtocol):
                 "refused: bad request", status=exc.status, reason=exc.reason, stream_id=stream_id
             )
             self.reject(stream_id, exc.status, exc.reason)
+            return
+        if event.stream_ended:
+            # A WebTransport session lives as long as its CONNECT stream: one that ends
+            # with its headers asks for a session that is over before it starts.
+            log.info("refused: CONNECT stream ended with its headers", status=400)
+            self.reject(stream_id, 400, "CONNECT stream ended with its headers")
             return
         if not self.accepting or self._on_request is None:
             self.reject(stream_id, 503, "server is shutting down", (("retry-after", "1"),))
@@ -337,8 +355,8 @@ class WebTransportProtocol(QuicConnectionProtocol):
         self.sessions[stream_id] = session
         self._capsules[stream_id] = CapsuleDecoder()
         self._flush()
-        if incoming._early_data:
-            self._connect_stream_data(stream_id, incoming._early_data, False)
+        if incoming._early_data or incoming._early_end:
+            self._connect_stream_data(stream_id, incoming._early_data, incoming._early_end)
         return session
 
     def reject(self, stream_id: int, status: int, reason: str, headers: Any = ()) -> None:
@@ -406,7 +424,13 @@ class WebTransportProtocol(QuicConnectionProtocol):
     def _connect_stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
         pending = self._pending.get(stream_id)
         if pending is not None:
+            # Capsules sent before the verdict wait for it, within one capsule's size.
             pending._early_data += data
+            pending._early_end = ended
+            if len(pending._early_data) > MAX_CAPSULE_SIZE:
+                log.info("refused: too much data before the verdict", status=400)
+                pending.gone = True
+                self.reject(stream_id, 400, "too much data before the verdict")
             return
         session = self.sessions.get(stream_id)
         if session is None:
@@ -423,6 +447,16 @@ class WebTransportProtocol(QuicConnectionProtocol):
             return
         if ended:
             self._finish_session(session, CloseInfo(0, "", True))
+
+    def _connect_stream_reset(self, event: StreamReset) -> None:
+        stream_id = event.stream_id
+        pending = self._pending.pop(stream_id, None)
+        if pending is not None:
+            pending.gone = True
+        session = self.sessions.get(stream_id)
+        if session is not None:
+            reason = f"CONNECT stream reset (0x{event.error_code:x})"
+            self._finish_session(session, CloseInfo(int(CloseCode.ABORTED), reason, True))
 
     def close_session(self, session: Session, code: int, reason: str) -> None:
         """Send the close capsule with FIN, reset the session's streams, end the session."""
@@ -593,6 +627,37 @@ class WebTransportProtocol(QuicConnectionProtocol):
                 self._drain_watch.discard(stream)
                 stream._wake_drain()
 
+    # --- delivery ----------------------------------------------------------------------------
+    def stream_delivered(self, stream_id: int) -> bool:
+        """All we sent on `stream_id`, its end included, is acknowledged (or never can be)."""
+        stream = self._quic._streams.get(stream_id)
+        return self.is_closed or stream is None or stream.sender.is_finished
+
+    async def wait_delivered(self, stream_ids: Iterable[int], timeout: float) -> bool:
+        """Wait until the peer acknowledged all we sent on `stream_ids`, up to `timeout`.
+
+        How a close capsule gets ahead of the CONNECTION_CLOSE that follows it: QUIC
+        gives no ordering between the two, so the capsule must be acknowledged first.
+        """
+        ids = tuple(stream_ids)
+        if all(self.stream_delivered(sid) for sid in ids):
+            return True
+        entry = (ids, self._loop.create_future())
+        self._delivery_waiters.append(entry)
+        try:
+            await asyncio.wait_for(asyncio.shield(entry[1]), timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            with contextlib.suppress(ValueError):
+                self._delivery_waiters.remove(entry)
+
+    def _check_delivered(self) -> None:
+        for ids, waiter in self._delivery_waiters:
+            if not waiter.done() and all(self.stream_delivered(sid) for sid in ids):
+                waiter.set_result(None)
+
     # --- datagrams ----------------------------------------------------------------------------
     def max_datagram_payload(self, session_id: int) -> int:
         remote = self._quic._remote_max_datagram_frame_size or 0
@@ -627,9 +692,10 @@ class WebTransportProtocol(QuicConnectionProtocol):
         reason = event.reason_phrase or f"connection closed (0x{event.error_code:x})"
         for session in list(self.sessions.values()):
             self._finish_session(session, CloseInfo(int(CloseCode.ABORTED), reason, True))
-        for incoming in list(self._pending.values()):
-            incoming.decided = True
+        for incoming in self._pending.values():
+            incoming.gone = True
         self._pending.clear()
+        self._check_delivered()
         for waiter in self._response_waiters.values():
             if not waiter.done():
                 waiter.set_exception(HandshakeError(0, reason))

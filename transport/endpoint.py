@@ -168,9 +168,8 @@ async def connect(
 
     async def release(abrupt: bool) -> None:
         if not abrupt:
-            # Give the close capsule a round trip to arrive before CONNECTION_CLOSE.
-            with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
-                await asyncio.wait_for(connection.ping(), 0.5)
+            # The close capsule must be acknowledged before CONNECTION_CLOSE overtakes it.
+            await connection.wait_delivered([session.session_id], 1.0)
         connection.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(connection.wait_closed(), 1.0)

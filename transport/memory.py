@@ -91,8 +91,7 @@ async def connect_in_memory(
 
     async def release(abrupt: bool) -> None:
         if not abrupt:
-            with contextlib.suppress(asyncio.TimeoutError, ConnectionError):
-                await asyncio.wait_for(client.ping(), 0.5)
+            await client.wait_delivered([session.session_id], 1.0)
         client.close()
         with contextlib.suppress(asyncio.TimeoutError):
             await asyncio.wait_for(client.wait_closed(), 1.0)

@@ -20,7 +20,7 @@ from aioquic.quic.configuration import QuicConfiguration
 
 from aiowt.middleware.chain import CallNext, Middleware, build_chain
 
-from ._protocol import IncomingSession
+from ._protocol import IncomingSession, WebTransportProtocol
 from .codes import CloseCode
 from .context import Key, SessionContext
 from .endpoint import Listener, listen, quic_configuration
@@ -34,6 +34,9 @@ from .tls import SelfSignedCertificate, generate_self_signed, load_into
 __all__ = ["Server"]
 
 log = structlog.get_logger("aiowt.server")
+
+_CLOSE_DELIVERY_TIMEOUT = 1.0
+"""Seconds shutdown waits for the peers to acknowledge the GOING_AWAY capsules."""
 
 INCOMING: Key[IncomingSession] = Key("aiowt.incoming")
 """The pending CONNECT of a context; only the terminal step uses it."""
@@ -266,7 +269,9 @@ class Server:
             self._stopped.set()
         if listener is not None:
             listener.stop_accepting()
+        closing: dict[WebTransportProtocol, list[int]] = {}
         for session in list(self._live):
+            closing.setdefault(session._protocol, []).append(session.session_id)
             with contextlib.suppress(SessionClosedError):
                 session.close(CloseCode.GOING_AWAY, "server shutting down")
         waiting = list(self._live.values()) + list(self._tasks)
@@ -276,8 +281,14 @@ class Server:
                 task.cancel()
             if pending:
                 await asyncio.wait(pending, timeout=1.0)
-        # Let the close capsules leave before CONNECTION_CLOSE overtakes them.
-        await asyncio.sleep(0)
+        # The close capsules must be acknowledged before CONNECTION_CLOSE overtakes them
+        # (under a full congestion window they may not even have left yet).
+        await asyncio.gather(
+            *(
+                protocol.wait_delivered(ids, _CLOSE_DELIVERY_TIMEOUT)
+                for protocol, ids in closing.items()
+            )
+        )
         if listener is not None:
             listener.close()
         await self._close_middleware()
@@ -354,7 +365,13 @@ class Server:
 
         async def accept_and_run(ctx: SessionContext) -> None:
             incoming = ctx.get(INCOMING)
-            session = incoming.accept(ctx.response_headers)
+            try:
+                session = incoming.accept(ctx.response_headers)
+            except SessionClosedError:
+                # Not an error of ours: logged as nginx does, "499 client closed request".
+                log.info("client left before the verdict", **ctx.ids)
+                ctx.status = 499
+                return
             ctx.session = session
             ctx.status = 200
             ctx.accepted_at = time.monotonic()

@@ -58,8 +58,6 @@ KILLED = scaled(20, 60)
 IDLE_TIMEOUT = 3.0
 """The server's QUIC idle timeout: how long a silently dropped client is kept."""
 ROUTE = "/churn/{n}"
-CLIENT_PING_FIXED = False
-"""Flip with fix P (see the end of this test)."""
 TRACED = scaled(200, 2_000)
 """Sessions of the wave run under tracemalloc."""
 MEMORY_BOUND = 384 * 1024 + 128 * TRACED
@@ -266,10 +264,7 @@ async def test_churn_leaves_nothing_behind(
         growth = memory_after - memory_before
         print(f"churn: {dict(outcomes)} killed={KILLED} growth={growth} B seconds={timings}")
         assert growth < MEMORY_BOUND, f"traced memory grew by {growth} bytes"
-    # The aiowt *client* under this load: `aclose()` gives its ping 0.5 s, and a ping that
-    # times out leaves aioquic's waiter to fail later unretrieved (fix P,
-    # test_faults.py::test_closing_a_client_whose_ping_times_out_logs_nothing).
-    watch.check(allowed_loop=[] if CLIENT_PING_FIXED else [ConnectionError])
+    watch.check()
 
 
 def _settled_memory() -> int:

@@ -30,6 +30,7 @@ from hypothesis import strategies as st
 from aiowt.middleware.chain import CallNext
 from aiowt.transport import CloseInfo, Server, Session, SessionContext, connect
 from aiowt.transport._protocol import WebTransportProtocol
+from aiowt.transport.capsule import MAX_CAPSULE_SIZE, encode_close
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
@@ -321,11 +322,6 @@ class Gate:
             self.ended.put_nowait(ctx)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix E: a client gone before the verdict makes the terminal step's "
-    "accept() raise UsageError ('already has a verdict'), logged as 'session failed'",
-)
 async def test_a_client_gone_before_the_verdict_is_not_a_server_error(
     make_server: ServerFactory,
 ) -> None:
@@ -358,11 +354,6 @@ class Stops(Echo):
         self.stopped.put_nowait(self.close_info)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix F: a RESET_STREAM on the CONNECT stream does not end the session "
-    "(aioquic's HTTP/3 layer drops the event), so it lingers until the connection dies",
-)
 async def test_resetting_the_connect_stream_ends_the_session(
     make_server: ServerFactory, client: ClientFactory
 ) -> None:
@@ -378,12 +369,6 @@ async def test_resetting_the_connect_stream_ends_the_session(
     assert info.by_peer
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs fix F: a CONNECT whose HEADERS frame ends the stream is accepted and "
-    "the session never ends (the FIN arrives with the headers, and only a FIN on a DATA "
-    "frame ends a session)",
-)
 async def test_a_connect_that_ends_its_stream_leaves_no_session_behind(
     make_server: ServerFactory,
 ) -> None:
@@ -404,3 +389,63 @@ async def test_a_connect_that_ends_its_stream_leaves_no_session_behind(
             assert info is not None
             assert info.by_peer
         await server.wait_idle()
+
+
+async def _held_request(
+    server: Server, gate: Gate, raw: RawH3, data: bytes, end: bool
+) -> tuple[int, dict[bytes, bytes] | None]:
+    """Send a CONNECT the gate holds, then `data` on its stream before the verdict."""
+    stream_id = raw.send_request(_good(server))
+    await gate.arrived.wait()
+    raw.h3.send_data(stream_id, data, end_stream=end)
+    raw.transmit()
+    if len(data) <= MAX_CAPSULE_SIZE:
+        return stream_id, None
+    return stream_id, await raw.verdict(stream_id)  # refused while still held
+
+
+async def test_capsules_sent_before_the_verdict_are_read_once_accepted(
+    make_server: ServerFactory,
+) -> None:
+    Stops.stopped = asyncio.Queue()
+    gate = Gate()
+    server = await make_server(lambda s: s.use(gate).route("/echo", Stops))
+    host, port = server.address
+    async with (
+        bounded(5),
+        quic_connect(host, port, configuration=raw_configuration(), create_protocol=RawH3) as raw,
+    ):
+        assert isinstance(raw, RawH3)
+        # The client closes (capsule and FIN) before the server has decided.
+        stream_id, _ = await _held_request(server, gate, raw, encode_close(4242, "bye"), True)
+        gate.opened.set()
+        assert (await raw.verdict(stream_id) or {}).get(b":status") == b"200"
+        info = await Stops.stopped.get()
+        await server.wait_idle()
+    assert info == CloseInfo(4242, "bye", True)
+
+
+async def test_data_past_a_capsule_before_the_verdict_is_refused(
+    make_server: ServerFactory,
+) -> None:
+    gate = Gate()
+    with watching(asyncio.get_running_loop()) as watch:
+        server = await make_server(lambda s: s.use(gate).route("/echo", Echo))
+        host, port = server.address
+        async with (
+            bounded(5),
+            quic_connect(
+                host, port, configuration=raw_configuration(), create_protocol=RawH3
+            ) as raw,
+        ):
+            assert isinstance(raw, RawH3)
+            flood = b"\x00" * (MAX_CAPSULE_SIZE + 1)
+            _, verdict = await _held_request(server, gate, raw, flood, False)
+            assert verdict is not None
+            assert verdict[b":status"] == b"400"
+            gate.opened.set()  # the chain's own verdict then goes nowhere
+            ctx = await gate.ended.get()
+        assert ctx.session is None
+        assert ctx.status == 499
+        assert server.live_sessions == 0
+    watch.check(allowed=["refused: too much data before the verdict"])

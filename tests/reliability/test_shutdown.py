@@ -108,22 +108,7 @@ async def traffic(session: Session, ready: asyncio.Event, download: bool = False
 
 
 @pytest.mark.timeout(scaled(60, 600))
-@pytest.mark.parametrize(
-    "download",
-    [
-        pytest.param(False, id="requests"),
-        pytest.param(
-            True,
-            id="requests and a download",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="needs fix H: with the server's congestion window full, shutdown() "
-                "closes the connections while the GOING_AWAY capsules still wait to be "
-                "sent; CONNECTION_CLOSE overtakes them and clients see ABORTED",
-            ),
-        ),
-    ],
-)
+@pytest.mark.parametrize("download", [False, True], ids=["requests", "requests and a download"])
 async def test_shutdown_under_traffic_sends_going_away_to_every_session(
     make_server: ServerFactory, certificate: SelfSignedCertificate, download: bool
 ) -> None:
@@ -156,7 +141,7 @@ async def test_shutdown_under_traffic_sends_going_away_to_every_session(
         finally:
             for task in tasks:
                 task.cancel()
-            # The server is gone: `aclose()` would wait for a ping nobody answers (fix P).
+            # The server is gone: nobody would acknowledge a close capsule.
             await asyncio.gather(*(session.abort() for session in sessions))
         print(f"shutdown: {SESSIONS} busy sessions in {took:.2f} s; traffic ended {set(endings)}")
         assert set(endings) <= {"SessionClosedError", "StreamClosedError"}, endings
