@@ -268,7 +268,8 @@ def _trim(number: str) -> str:
 
 
 def _redacted_query(ctx: SessionContext, redact: frozenset[str]) -> str:
-    return redact_query(ctx.request.query_string, redact | ctx.get(SECRET_NAMES))
+    secret_names = ctx.get(SECRET_NAMES)
+    return redact_query(ctx.request.query_string, redact | secret_names)
 
 
 def _url(ctx: SessionContext, redact: frozenset[str]) -> str:
