@@ -55,7 +55,7 @@ bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench --profile
 
-# The reliability suite with its soak counts (about an hour; docs/reliability.md).
+# The reliability suite with its soak counts (about 20 minutes on 2 cores; docs/reliability.md).
 soak: $(STAMP)
 	AIOWT_SOAK=1 $(PY) -m pytest -s tests/reliability
 

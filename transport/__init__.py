@@ -25,6 +25,7 @@ from .errors import (
     UsageError,
     WriteBufferFull,
 )
+from .limits import ConnectionLimits
 from .request import ConnectRequest
 from .session import Session, SessionListener, SessionTap, Stream
 
@@ -36,6 +37,7 @@ __all__ = [
     "CloseCode",
     "CloseInfo",
     "ConnectRequest",
+    "ConnectionLimits",
     "DatagramTooLarge",
     "FrameTooLarge",
     "HandshakeError",

@@ -42,6 +42,7 @@ from .capsule import MAX_CAPSULE_SIZE, CapsuleDecoder, CloseSession, DrainSessio
 from .codes import CloseCode
 from .context import CloseInfo
 from .errors import HandshakeError, PeerError, SessionClosedError, UsageError
+from .limits import ConnectionLimits
 from .request import ConnectRequest
 from .session import Session, Stream
 
@@ -49,6 +50,8 @@ _STREAM_GONE = (RuntimeError, ValueError, H3ProtocolError)
 """What aioquic raises for a send, reset or stop on a stream already ended or unknown."""
 
 log = structlog.get_logger("aiowt.transport")
+
+_DEFAULT_LIMITS = ConnectionLimits()
 
 __all__ = ["IncomingSession", "WebTransportProtocol", "app_to_h3_code", "h3_to_app_code"]
 
@@ -63,7 +66,8 @@ WT_SESSION_GONE = 0x170D7B68
 # Later drafts' settings, advertised beside aioquic's draft-02 ENABLE_WEBTRANSPORT so that
 # more clients (Safari, draft-15 stacks) accept the server: WT_MAX_SESSIONS in its draft-07
 # and draft-13 codepoints, and WT_ENABLED.
-_EXTRA_SETTINGS = {0xC671706A: 64, 0x14E9CD29: 64, 0x2C7CF000: 1}
+_WT_MAX_SESSIONS_SETTINGS = (0xC671706A, 0x14E9CD29)
+_WT_ENABLED_SETTING = 0x2C7CF000
 _PROTOCOL_TOKENS = frozenset({"webtransport", "webtransport-h3"})
 # A short-header packet spends 1 byte of flags, the peer's connection id, a 2-byte packet
 # number (aioquic's fixed size) and a 16-byte AEAD tag; a DATAGRAM frame adds its type and
@@ -88,9 +92,14 @@ def h3_to_app_code(h3_code: int) -> int:
 class _H3(H3Connection):
     """aioquic's HTTP/3 connection with the extra WebTransport settings advertised."""
 
+    def __init__(self, quic: QuicConnection, max_sessions: int) -> None:
+        self._max_sessions = max_sessions  # read by the settings sent from super().__init__
+        super().__init__(quic, enable_webtransport=True)
+
     def _get_local_settings(self) -> dict[int, int]:
         settings = super()._get_local_settings()
-        settings.update(_EXTRA_SETTINGS)
+        settings.update(dict.fromkeys(_WT_MAX_SESSIONS_SETTINGS, self._max_sessions))
+        settings[_WT_ENABLED_SETTING] = 1
         return settings
 
 
@@ -140,15 +149,6 @@ OnRequest = Callable[[IncomingSession], None]
 class WebTransportProtocol(QuicConnectionProtocol):
     """One QUIC connection carrying HTTP/3 and any number of WebTransport sessions."""
 
-    max_header_bytes = 16 * 1024
-    """A CONNECT header block larger than this is answered with 431."""
-    max_sessions_per_connection = 64
-    """Matches the WT_MAX_SESSIONS we advertise; more are answered 429."""
-    idle_connection_timeout = 10.0
-    """Server side: a connection with no session for this long is closed, so a peer that
-    completes QUIC and never sends CONNECT (or lingers after its last session) holds
-    nothing for longer."""
-
     def __init__(
         self,
         quic: QuicConnection,
@@ -157,8 +157,10 @@ class WebTransportProtocol(QuicConnectionProtocol):
         on_request: OnRequest | None = None,
         on_terminated: Callable[[WebTransportProtocol], None] | None = None,
         session_options: dict[str, Any] | None = None,
+        limits: ConnectionLimits = _DEFAULT_LIMITS,
     ) -> None:
         super().__init__(quic, stream_handler)
+        self.limits = limits
         self._h3: H3Connection | None = None
         self._on_request = on_request
         self._on_terminated = on_terminated
@@ -190,7 +192,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
             return
         if self._idle_timer is not None:
             self._idle_timer.cancel()
-        self._idle_timer = self._loop.call_later(self.idle_connection_timeout, self._idle_check)
+        self._idle_timer = self._loop.call_later(self.limits.idle_timeout, self._idle_check)
 
     def _idle_check(self) -> None:
         self._idle_timer = None
@@ -219,7 +221,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ProtocolNegotiated):
             if event.alpn_protocol in H3_ALPN:
-                self._h3 = _H3(self._quic, enable_webtransport=True)
+                self._h3 = _H3(self._quic, self.limits.max_sessions)
             return
         if isinstance(event, ConnectionTerminated):
             self._connection_lost(event)
@@ -275,7 +277,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
         stream_id = event.stream_id
         if stream_id in self.sessions or stream_id in self._pending:
             return  # trailers on a CONNECT stream: nothing to do
-        if sum(len(k) + len(v) for k, v in event.headers) > self.max_header_bytes:
+        if sum(len(k) + len(v) for k, v in event.headers) > self.limits.max_header_bytes:
             log.info("refused: request header block too large", status=431, stream_id=stream_id)
             self.reject(stream_id, 431, "request header block too large")
             return
@@ -296,7 +298,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
         if not self.accepting or self._on_request is None:
             self.reject(stream_id, 503, "server is shutting down", (("retry-after", "1"),))
             return
-        if len(self.sessions) + len(self._pending) >= self.max_sessions_per_connection:
+        if len(self.sessions) + len(self._pending) >= self.limits.max_sessions:
             self.reject(stream_id, 429, "too many sessions on this connection")
             return
         incoming = IncomingSession(self, stream_id, request)
@@ -667,11 +669,8 @@ class WebTransportProtocol(QuicConnectionProtocol):
         prefix = len(encode_uint_var(session_id // 4))
         return max(0, min(remote, packet) - prefix)
 
-    max_pending_datagrams = 1024
-    """aioquic's datagram queue never drops: past this many unsent, new ones are dropped."""
-
     def send_datagram(self, session: Session, data: bytes) -> bool:
-        if len(self._quic._datagrams_pending) >= self.max_pending_datagrams:
+        if len(self._quic._datagrams_pending) >= self.limits.max_pending_datagrams:
             session.datagrams_dropped_out += 1
             return False
         session.bytes_out += len(data)

@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from ._protocol import OnRequest, WebTransportProtocol
 from .errors import HandshakeError, UsageError
+from .limits import ConnectionLimits
 from .session import Session
 
 __all__ = ["Listener", "connect", "listen", "quic_configuration"]
@@ -93,6 +94,7 @@ async def listen(
     on_request: OnRequest,
     *,
     session_options: dict[str, Any] | None = None,
+    limits: ConnectionLimits | None = None,
     reuse_port: bool = False,
 ) -> Listener:
     """Bind `host:port` and serve WebTransport; `on_request` gets every valid CONNECT."""
@@ -108,6 +110,7 @@ async def listen(
             on_request=on_request,
             on_terminated=listener.connections.discard,
             session_options=session_options,
+            limits=limits or ConnectionLimits(),
         )
         protocol.accepting = getattr(listener, "_accepting", True)
         listener.connections.add(protocol)

@@ -16,6 +16,7 @@ from aioquic.quic.connection import QuicConnection
 
 from ._protocol import OnRequest, WebTransportProtocol
 from .endpoint import quic_configuration
+from .limits import ConnectionLimits
 from .session import Session
 
 __all__ = ["connect_in_memory"]
@@ -64,6 +65,7 @@ async def connect_in_memory(
     *,
     headers: list[tuple[str, str]] | None = None,
     session_options: dict[str, Any] | None = None,
+    limits: ConnectionLimits | None = None,
     timeout: float = 10.0,
 ) -> Session:
     """Open a client session to `on_request` through an in-memory QUIC connection.
@@ -81,7 +83,10 @@ async def connect_in_memory(
     )
     client = WebTransportProtocol(client_quic, session_options=session_options)
     server = WebTransportProtocol(
-        server_quic, on_request=on_request, session_options=session_options
+        server_quic,
+        on_request=on_request,
+        session_options=session_options,
+        limits=limits or ConnectionLimits(),
     )
     client_transport = _MemoryTransport(loop, _CLIENT_ADDR)
     server_transport = _MemoryTransport(loop, _SERVER_ADDR)

@@ -26,6 +26,7 @@ from .context import Key, SessionContext
 from .endpoint import Listener, listen, quic_configuration
 from .errors import Rejected, SessionClosedError, UsageError
 from .framing import DEFAULT_MAX_MESSAGE_SIZE
+from .limits import ConnectionLimits
 from .memory import connect_in_memory
 from .router import Route, RouteGroup, Router
 from .session import Session
@@ -65,6 +66,7 @@ class Server:
         idle_timeout: float = 30.0,
         shutdown_timeout: float = 10.0,
         reuse_port: bool = False,
+        connection_limits: ConnectionLimits | None = None,
     ) -> None:
         if (cert_file is None) != (key_file is None):
             raise UsageError("give both cert_file and key_file, or neither")
@@ -78,6 +80,7 @@ class Server:
         self.idle_timeout = idle_timeout
         self.shutdown_timeout = shutdown_timeout
         self.reuse_port = reuse_port
+        self.connection_limits = connection_limits or ConnectionLimits()
         self._middleware: list[Middleware] = []
         self._router = Router()
         self._chains: dict[str, CallNext] = {}
@@ -172,6 +175,7 @@ class Server:
             configuration,
             self._on_request,
             session_options=self._session_options(),
+            limits=self.connection_limits,
             reuse_port=self.reuse_port,
         )
         for hook in self.on_startup:
@@ -202,6 +206,7 @@ class Server:
             path,
             headers=headers,
             session_options=self._session_options(),
+            limits=self.connection_limits,
         )
 
     def _session_options(self) -> dict[str, Any]:

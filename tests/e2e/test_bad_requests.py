@@ -15,8 +15,7 @@ from aioquic.h3.events import HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent
 
-from aiowt.transport import Server
-from aiowt.transport._protocol import WebTransportProtocol
+from aiowt.transport import ConnectionLimits, Server, UsageError
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
 
@@ -109,20 +108,32 @@ async def test_bad_request_gets_a_clear_status(
 
 
 async def test_a_peer_that_never_sends_connect_is_disconnected(
-    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    make_server: ServerFactory,
 ) -> None:
-    monkeypatch.setattr(WebTransportProtocol, "idle_connection_timeout", 0.2)
-    server = await make_server(lambda s: s.route("/echo", Echo))
+    server = await make_server(
+        lambda s: s.route("/echo", Echo), connection_limits=ConnectionLimits(idle_timeout=0.2)
+    )
     async with bounded(10), raw_client(server) as raw:
         await raw.wait_closed()  # the server closed the silent connection
     assert not server._listener.connections  # type: ignore[union-attr]
 
 
 async def test_too_many_sessions_on_one_connection_get_429(
-    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    make_server: ServerFactory,
 ) -> None:
-    monkeypatch.setattr(WebTransportProtocol, "max_sessions_per_connection", 2)
-    server = await make_server(lambda s: s.route("/echo", Echo))
+    server = await make_server(
+        lambda s: s.route("/echo", Echo), connection_limits=ConnectionLimits(max_sessions=2)
+    )
     async with bounded(10), raw_client(server) as raw:
         statuses = [(await raw.request(base(server), False))[b":status"] for _ in range(3)]
+        settings = raw.h3.received_settings
     assert statuses == [b"200", b"200", b"429"]
+    # The limit is advertised as WT_MAX_SESSIONS (both drafts' codepoints).
+    assert settings is not None
+    assert settings[0xC671706A] == settings[0x14E9CD29] == 2
+
+
+def test_connection_limits_refuse_nonsense() -> None:
+    for bad in ({"max_sessions": 0}, {"idle_timeout": -1.0}, {"max_header_bytes": True}):
+        with pytest.raises(UsageError, match=next(iter(bad))):
+            ConnectionLimits(**bad)  # type: ignore[arg-type]

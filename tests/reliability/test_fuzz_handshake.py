@@ -28,8 +28,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from aiowt.middleware.chain import CallNext
-from aiowt.transport import CloseInfo, Server, Session, SessionContext, connect
-from aiowt.transport._protocol import WebTransportProtocol
+from aiowt.transport import CloseInfo, ConnectionLimits, Server, Session, SessionContext, connect
 from aiowt.transport.capsule import MAX_CAPSULE_SIZE, encode_close
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
@@ -37,7 +36,7 @@ from tests.conftest import ClientFactory, ServerFactory, bounded
 from tests.reliability.support import RawH3, raw_configuration, scaled, watching
 
 EXAMPLES = scaled(60, 2_000)
-MAX_HEADER_BYTES = WebTransportProtocol.max_header_bytes
+MAX_HEADER_BYTES = ConnectionLimits().max_header_bytes
 COUNTS: Counter[str] = Counter()
 
 Headers = list[tuple[bytes, bytes]]

@@ -35,12 +35,12 @@ from aiowt.middleware.metrics import Metrics, PrometheusMetrics
 from aiowt.middleware.request import ErrorHandler, RequestID, SessionData
 from aiowt.transport import (
     CloseCode,
+    ConnectionLimits,
     HandshakeError,
     Server,
     Session,
     Stream,
 )
-from aiowt.transport._protocol import WebTransportProtocol
 from aiowt.transport.capsule import MAX_CAPSULE_SIZE
 from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE, encode_frame, encode_message
 from aiowt.transport.session import Session as TransportSession
@@ -244,10 +244,12 @@ async def test_secrets_are_compared_with_compare_digest_on_fixed_size_digests(
 
 def test_size_limits_have_safe_defaults() -> None:
     assert Server().max_message_size == DEFAULT_MAX_MESSAGE_SIZE == 1024 * 1024
-    assert WebTransportProtocol.max_header_bytes == 16 * 1024
+    limits = Server().connection_limits
+    assert limits.max_header_bytes == 16 * 1024
     assert MAX_CAPSULE_SIZE == 16 * 1024
-    assert WebTransportProtocol.max_pending_datagrams == 1024
-    assert WebTransportProtocol.max_sessions_per_connection == 64
+    assert limits.max_pending_datagrams == 1024
+    assert limits.max_sessions == 64
+    assert limits.idle_timeout == 10.0
     assert TransportSession.max_queued_datagrams == 1024
 
 
@@ -298,10 +300,8 @@ async def test_the_message_size_limit_is_configurable_and_enforced(limit: int) -
         await server.shutdown()
 
 
-async def test_the_header_block_limit_is_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The limit is a class attribute (there is no `Server` option for it yet)."""
-    monkeypatch.setattr(WebTransportProtocol, "max_header_bytes", 2048)
-    server = Server()
+async def test_the_header_block_limit_is_configurable() -> None:
+    server = Server(connection_limits=ConnectionLimits(max_header_bytes=2048))
     server.route("/echo", Echo)
     try:
         with pytest.raises(HandshakeError) as refused:

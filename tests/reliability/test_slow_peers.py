@@ -33,8 +33,15 @@ import pytest
 
 from aiowt.actors import Handler
 from aiowt.actors.outbound import OutboundChannel
-from aiowt.transport import CloseCode, CloseInfo, Server, Session, Stream, connect
-from aiowt.transport._protocol import WebTransportProtocol
+from aiowt.transport import (
+    CloseCode,
+    CloseInfo,
+    ConnectionLimits,
+    Server,
+    Session,
+    Stream,
+    connect,
+)
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
 from tests.conftest import ServerFactory, bounded
@@ -61,13 +68,15 @@ HIGH = 1024 * 1024
 
 
 async def test_peers_that_never_send_connect_are_released_after_the_bound(
-    make_server: ServerFactory, monkeypatch: pytest.MonkeyPatch
+    make_server: ServerFactory,
 ) -> None:
     from aioquic.asyncio.client import connect as quic_connect
 
-    monkeypatch.setattr(WebTransportProtocol, "idle_connection_timeout", IDLE_CONNECTION)
     with watching(asyncio.get_running_loop()) as watch:
-        server = await make_server(lambda s: s.route("/echo", Echo))
+        server = await make_server(
+            lambda s: s.route("/echo", Echo),
+            connection_limits=ConnectionLimits(idle_timeout=IDLE_CONNECTION),
+        )
         host, port = server.address
         listener = server._listener
         assert listener is not None
@@ -317,7 +326,7 @@ async def test_datagrams_to_a_deaf_peer_stay_within_the_pending_bound(
     make_server: ServerFactory, certificate: SelfSignedCertificate
 ) -> None:
     _feed_reset("outbound")
-    bound = WebTransportProtocol.max_pending_datagrams
+    bound = ConnectionLimits().max_pending_datagrams
     with watching(asyncio.get_running_loop()) as watch:
         server = await make_server(_configure, idle_timeout=IDLE_TIMEOUT)
         relay, session, ref = await _through_relay(server, certificate)
