@@ -71,6 +71,7 @@ class Handler(LoopActor):
         """Per stream: its decoder, or None once its framing failed."""
         self._outbound: Stream | None = None
         self._on_stop_ran = False
+        self._inbox = _InboxMeter()
 
     # --- the API for sending ---------------------------------------------------------------
     def send_datagram(self, data: bytes) -> bool:
@@ -163,8 +164,10 @@ class Handler(LoopActor):
         stream: Stream | None = None
         try:
             if isinstance(event, DatagramReceived):
+                self._inbox.queued -= len(event.data)
                 await self.on_datagram(event.data)
             elif isinstance(event, StreamDataReceived):
+                self._inbox.queued -= len(event.data)
                 stream = event.stream
                 await self.on_stream_data(stream, event.data, event.end_stream)
             elif isinstance(event, StreamOpened):
@@ -236,27 +239,58 @@ _TRANSPORT_EVENTS = frozenset(
 )
 
 
+class _InboxMeter:
+    """Bytes of received data told to a handler and not yet taken from its inbox.
+
+    Written by the listener and the handler, both on the session's event loop.
+    """
+
+    __slots__ = ("queued",)
+
+    def __init__(self) -> None:
+        self.queued = 0
+
+
 class _ActorListener:
     """Turns a session's transport events into messages for its handler actor."""
 
-    __slots__ = ("_put",)
+    __slots__ = ("_inbox", "_put", "_session")
 
-    def __init__(self, ref: pykka.ActorRef[Any]) -> None:
+    def __init__(self, ref: pykka.ActorRef[Any], session: Session, inbox: _InboxMeter) -> None:
         self._put = ref.tell
+        self._session = session
+        self._inbox = inbox
 
     def _tell(self, message: object) -> None:
         # The handler may have stopped already: late traffic has nowhere to go.
         with contextlib.suppress(pykka.ActorDeadError):
             self._put(message)
 
+    def _tell_data(self, message: object, size: int) -> None:
+        # aioquic grants flow-control credit as data arrives, not as it is handled: this
+        # is what keeps a peer faster than its handler from growing the inbox unbounded.
+        inbox = self._inbox
+        inbox.queued += size
+        session = self._session
+        if inbox.queued > session.max_inbox_bytes:
+            if not session.closed:
+                log.info("peer sends faster than its handler handles", queued=inbox.queued)
+                session.close(
+                    CloseCode.RATE_LIMITED,
+                    f"more than {session.max_inbox_bytes} bytes received and not yet handled",
+                )
+            inbox.queued -= size
+            return
+        self._tell(message)
+
     def datagram_received(self, data: bytes) -> None:
-        self._tell(DatagramReceived(data))
+        self._tell_data(DatagramReceived(data), len(data))
 
     def stream_opened(self, stream: Stream) -> None:
         self._tell(StreamOpened(stream))
 
     def stream_data_received(self, stream: Stream, data: bytes, end_stream: bool) -> None:
-        self._tell(StreamDataReceived(stream, data, end_stream))
+        self._tell_data(StreamDataReceived(stream, data, end_stream), len(data))
 
     def stream_reset(self, stream: Stream, code: int) -> None:
         self._tell(StreamReset(stream, code))
@@ -284,7 +318,7 @@ async def run_session(
         return error
     handler = ref._actor_weakref()
     assert handler is not None  # its running task keeps it alive
-    session.attach(_ActorListener(ref))
+    session.attach(_ActorListener(ref, session, handler._inbox))
     task = handler._actor_task
     assert task is not None
     try:

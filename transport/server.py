@@ -63,6 +63,7 @@ class Server:
         certificate: SelfSignedCertificate | None = None,
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         send_buffer_high: int = 4 * 1024 * 1024,
+        max_inbox_bytes: int = 16 * 1024 * 1024,
         idle_timeout: float = 30.0,
         shutdown_timeout: float = 10.0,
         reuse_port: bool = False,
@@ -77,6 +78,7 @@ class Server:
         self.certificate = certificate
         self.max_message_size = max_message_size
         self.send_buffer_high = send_buffer_high
+        self.max_inbox_bytes = max_inbox_bytes
         self.idle_timeout = idle_timeout
         self.shutdown_timeout = shutdown_timeout
         self.reuse_port = reuse_port
@@ -214,6 +216,7 @@ class Server:
             "max_message_size": self.max_message_size,
             "send_buffer_high": self.send_buffer_high,
             "send_buffer_low": min(self.send_buffer_high // 4, 256 * 1024),
+            "max_inbox_bytes": self.max_inbox_bytes,
         }
 
     def banner(self) -> str:

@@ -286,6 +286,7 @@ class Session:
         max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         send_buffer_high: int = 4 * 1024 * 1024,
         send_buffer_low: int = 256 * 1024,
+        max_inbox_bytes: int = 16 * 1024 * 1024,
     ) -> None:
         self._protocol = protocol
         self.session_id = session_id
@@ -293,6 +294,9 @@ class Session:
         self.max_message_size = max_message_size
         self.send_buffer_high = send_buffer_high
         self.send_buffer_low = send_buffer_low
+        self.max_inbox_bytes = max_inbox_bytes
+        """Bytes received and not yet handled by the session's handler actor; past it, the
+        peer is sending faster than it is served and the session closes RATE_LIMITED."""
         self.streams: dict[int, Stream] = {}
         self.taps: tuple[SessionTap, ...] = ()
         self.listener: SessionListener | None = None

@@ -33,8 +33,9 @@ from aiowt.middleware.limits import (
     DepthGuard,
     TokenBucket,
 )
-from aiowt.transport import Server, Stream, StreamClosedError
+from aiowt.transport import CloseCode, CloseInfo, Server, Stream, StreamClosedError
 from aiowt.transport.tls import SelfSignedCertificate
+from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
 from tests.reliability.conftest import Services
 from tests.reliability.support import (
@@ -182,3 +183,48 @@ async def test_a_flood_neither_starves_a_good_peer_nor_gets_through(
         assert Service.peak_streams["flooder"] <= DEPTH
         assert Service.peak_streams["good"] <= 1
     watch.check(allowed=["peer error"])
+
+
+class Stalled(Handler):
+    """Holds the message "wait" until `gate` opens: what follows queues in its inbox."""
+
+    gate: ClassVar[asyncio.Event]
+    waiting: ClassVar[asyncio.Event]
+    stops: ClassVar[asyncio.Queue[CloseInfo | None]]
+
+    async def on_message(self, message: Any, stream: Stream | None) -> None:
+        if message == "wait":
+            self.waiting.set()
+            await self.gate.wait()
+
+    async def on_stop(self) -> None:
+        self.stops.put_nowait(self.close_info)
+
+
+async def test_a_peer_faster_than_its_handler_is_closed_at_the_inbox_bound(
+    make_server: ServerFactory, client: ClientFactory
+) -> None:
+    """aioquic grants flow-control credit on arrival, so only `max_inbox_bytes` keeps a
+    peer that sends faster than its handler handles from growing the handler's inbox."""
+    Stalled.gate, Stalled.waiting, Stalled.stops = asyncio.Event(), asyncio.Event(), asyncio.Queue()
+    limit = 64 * 1024
+    with watching(asyncio.get_running_loop()) as watch:
+        server = await make_server(
+            lambda s: s.route("/stalled", Stalled).route("/echo", Echo), max_inbox_bytes=limit
+        )
+        bystander = await client(server, "/echo")
+        session = await client(server, "/stalled")
+        stream = session.open_stream()
+        async with bounded(10):
+            stream.send_message("wait")
+            await Stalled.waiting.wait()
+            for _ in range(4 * limit // 4096):
+                stream.send_message(b"x" * 4096)
+            info = await session.wait_closed()
+            assert info.code == CloseCode.RATE_LIMITED, info
+            Stalled.gate.set()
+            assert (await Stalled.stops.get()) is not None
+            # The bystander's session is untouched.
+            bystander.send_datagram(b"still here")
+            assert await bystander.receive_datagram() == b"still here"
+    watch.check(allowed=["peer sends faster than its handler handles"])
