@@ -302,6 +302,14 @@ class _ActorListener:
         self._tell(SessionClosed(info))
 
 
+def attach_handler(session: Session, ref: pykka.ActorRef[Any]) -> Handler:
+    """Send `session`'s events to the handler actor `ref` (started for it); return it."""
+    handler = ref._actor_weakref()
+    assert isinstance(handler, Handler)  # its running task keeps it alive
+    session.attach(_ActorListener(ref, session, handler._inbox))
+    return handler
+
+
 async def run_session(
     handler_class: type[Handler], ctx: SessionContext, session: Session
 ) -> BaseException | None:
@@ -316,9 +324,7 @@ async def run_session(
         log.exception("handler failed to start", **ctx.ids)
         session.close(CloseCode.INTERNAL_ERROR, "internal error")
         return error
-    handler = ref._actor_weakref()
-    assert handler is not None  # its running task keeps it alive
-    session.attach(_ActorListener(ref, session, handler._inbox))
+    handler = attach_handler(session, ref)
     task = handler._actor_task
     assert task is not None
     try:

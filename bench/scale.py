@@ -104,7 +104,7 @@ async def _empty_server() -> Any:
 
 async def part_sessions(count: int, traced: bool) -> dict[str, Any]:
     """Admit `count` sessions on top of an empty server; time and memory."""
-    from aiowt.actors._handler import _ActorListener
+    from aiowt.actors._handler import attach_handler
     from aiowt.actors.breaker import Admit, CircuitBreaker
     from aiowt.actors.metrics import Inc, MetricsCollector
     from aiowt.actors.ratelimit import Acquire, RateLimitRegistry
@@ -141,7 +141,7 @@ async def part_sessions(count: int, traced: bool) -> dict[str, Any]:
             raise RuntimeError("refused")
         await breaker.ask(Admit(), block=False)
         ref = handler.start(ctx, session)
-        session.attach(_ActorListener(ref))
+        attach_handler(session, ref)
         await registry.ask(Attach(ctx.session_id, session), block=False)
         metrics.tell(Inc("aiowt_sessions_total", 1, {"route": "/echo"}))
         kept.append(ref)

@@ -29,3 +29,19 @@ def test_page_code_runs(page: str) -> None:
         result = test()
         if inspect.iscoroutine(result):
             asyncio.run(result)
+
+
+def test_the_readme_states_the_real_defaults() -> None:
+    """The README's "Bounds and their defaults" block builds a server equal to `Server()`."""
+    from aiowt.transport import ConnectionLimits, Server
+
+    readme = (DOCS.parent / "README.md").read_text()
+    section = readme.split("## Bounds and their defaults", 1)[1]
+    block = re.search(r"```python\n(.*?)```", section, flags=re.S)
+    assert block is not None
+    documented = eval(block.group(1), {"Server": Server, "ConnectionLimits": ConnectionLimits})
+    default = Server()
+    for name in inspect.signature(Server).parameters:
+        if name in {"host", "port", "cert_file", "key_file", "certificate", "reuse_port"}:
+            continue
+        assert getattr(documented, name) == getattr(default, name), name

@@ -179,12 +179,19 @@ class Stream:
 
     # --- receiving (pull API, when no listener is attached) ---------------------------
     async def read(self, max_bytes: int = -1) -> bytes:
-        """The next bytes received; `b""` at the end of the stream."""
+        """The next bytes received; `b""` at the end of the stream.
+
+        Raises `StreamClosedError` if the peer reset the stream, and `SessionClosedError`
+        if the session ended before the stream did: a cut-off stream never looks whole.
+        """
         while not self._chunks:
             if self._read_reset is not None:
                 raise StreamClosedError(self.stream_id, "reset by peer", code=self._read_reset)
             if self._eof:
                 return b""
+            info = self.session.close_info
+            if info is not None:
+                raise SessionClosedError(info.code, info.reason)
             await self._wait()
         chunk = self._chunks.popleft()
         if 0 <= max_bytes < len(chunk):
@@ -244,7 +251,6 @@ class Stream:
     def _session_ended(self) -> None:
         self._send_open = False
         self.recv_open = False
-        self._eof = True
         self._wake()
         self._wake_drain()
 
@@ -496,7 +502,6 @@ class Session:
         for stream in self.streams.values():
             stream._send_open = False
             stream.recv_open = False
-            stream._eof = True
             stream._wake()
             stream._wake_drain()
         for tap in self.taps:

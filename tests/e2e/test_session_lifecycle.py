@@ -114,6 +114,30 @@ async def test_server_close_code_and_reason_reach_the_client(
     assert (stop.code, stop.reason, stop.by_peer) == (4321, "asked to", False)
 
 
+class CutShort(Handler):
+    """Writes part of a reply on the client's stream, then closes the session."""
+
+    async def on_message(self, message: Any, stream: Stream | None) -> None:
+        if stream is not None:
+            stream.write(b"part of it")
+            self.close(4322, "cut short")
+
+
+async def test_a_stream_cut_off_by_the_session_end_never_reads_as_whole(
+    make_server: ServerFactory, client: ClientFactory
+) -> None:
+    server = await make_server(lambda s: s.route("/cut", CutShort))
+    session = await client(server, "/cut")
+    stream = session.open_stream()
+    stream.send_message("go")
+    async with bounded():
+        with pytest.raises(SessionClosedError) as ended:
+            await stream.read_all()  # what arrived, then no FIN: not a clean end
+        assert (ended.value.code, ended.value.reason) == (4322, "cut short")
+        with pytest.raises(SessionClosedError):
+            await stream.read()
+
+
 async def test_client_close_code_and_reason_reach_the_handler(
     make_server: ServerFactory, client: ClientFactory, events: asyncio.Queue[tuple[str, Any]]
 ) -> None:

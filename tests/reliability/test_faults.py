@@ -18,7 +18,7 @@ from typing import ClassVar
 
 import pytest
 
-from aiowt.transport import CloseInfo, connect
+from aiowt.transport import CloseInfo, SessionClosedError, connect
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
 from tests.conftest import ServerFactory, bounded
@@ -31,8 +31,18 @@ PATHS = {
     "10% loss, 10% reordered": (0.10, 0.10),
     "2% loss, 50% reordered": (0.02, 0.50),
 }
+EXTREME = "25% loss, 25% reordered"
+"""Soak only. Here a connection may go silent past its idle timeout: aioquic doubles its
+probe timeout after each lost probe (and ACK), while the idle timer runs from the last
+packet received, so some runs lose a connection or two to "Idle timeout" (30 s, and even
+120 s). On this path an exchange must complete byte-exact *or* fail loudly with that
+close: never end short as if complete."""
 if scaled(0, 1):
-    PATHS["25% loss, 25% reordered"] = (0.25, 0.25)
+    PATHS[EXTREME] = (0.25, 0.25)
+
+
+def _idle_timeout(result: object) -> bool:
+    return isinstance(result, SessionClosedError) and result.reason == "Idle timeout"
 
 
 class Exchange(Echo):
@@ -64,7 +74,8 @@ async def exchange(url: str, cert_hash: bytes, n: int) -> None:
         back = await session.accept_stream()
         assert await back.read_all() == b"uni" * 1000
 
-        assert await bulk.read_all() == payload  # whole and in order
+        echoed = await bulk.read_all()  # raises if the session ends first: never cut short
+        assert echoed == payload, f"{len(echoed)} of {len(payload)} bytes"  # whole, in order
     finally:
         await session.aclose(4000 + n, f"done {n}")
 
@@ -84,22 +95,29 @@ async def test_exchanges_complete_through_loss_and_reordering(
         try:
             host, port = relay.address
             async with bounded(scaled(90, 800)):
-                await asyncio.gather(
+                results = await asyncio.gather(
                     *(
                         exchange(f"https://{host}:{port}/x", certificate.sha256, n)
                         for n in range(SESSIONS)
-                    )
+                    ),
+                    return_exceptions=True,
                 )
                 ends = dict([await Exchange.ends.get() for _ in range(SESSIONS)])
         finally:
             relay.close()
-        print(f"faults {path}: {dict(relay.stats)}")
-        for n in range(SESSIONS):
+        timed_out = [n for n, result in enumerate(results) if _idle_timeout(result)]
+        print(f"faults {path}: {dict(relay.stats)}, timed out: {timed_out}")
+        for n, result in enumerate(results):
+            if n in timed_out and path == EXTREME:
+                continue
+            if isinstance(result, BaseException):
+                raise result
             # The client's close capsule is acknowledged before its CONNECTION_CLOSE leaves,
             # so even under loss the server hears the code and reason.
             info = ends[str(n)]
             assert info is not None
             assert (info.code, info.reason, info.by_peer) == (4000 + n, f"done {n}", True)
+        assert len(timed_out) < SESSIONS // 4, timed_out
         for direction in ("to_server", "to_client"):
             if loss:
                 assert relay.stats[f"{direction}_dropped"] > 0
