@@ -54,8 +54,10 @@ Via = Literal["datagram", "stream"]
 class Register(Request[bool]):
     """Ask to count session `session_id` as live, if fewer than `limit` are (None: no cap).
 
-    Replies True when it is registered afterwards (also when it already was), False
-    when the cap is reached.
+    Replies True when it is registered afterwards, False when the cap is reached. A
+    session already registered is not counted again: the registration takes one more
+    hold on it (two `MaxSessions` sharing the registry, say), and the session stays
+    live until every hold is released by its `Unregister`.
     """
 
     session_id: str
@@ -74,7 +76,9 @@ class Attach(Request[bool]):
 
 @dataclass(frozen=True, slots=True)
 class Unregister(Request[bool]):
-    """Session `session_id` ended; True if it was registered (unknown ids are a no-op)."""
+    """Release one hold on session `session_id` (see `Register`); True if it was
+    registered. The session leaves the registry with its last hold; unknown ids are a
+    no-op."""
 
     session_id: str
 
@@ -152,9 +156,10 @@ class Delivery:
 
 
 class _Entry:
-    __slots__ = ("info", "outbound", "session")
+    __slots__ = ("holds", "info", "outbound", "session")
 
     def __init__(self, info: SessionInfo) -> None:
+        self.holds = 1
         self.info = info
         self.session: Session | None = None
         self.outbound: Stream | None = None
@@ -184,7 +189,9 @@ class SessionRegistry(Service):
             raise UsageError(f"limit must be an int or None, got {limit!r}")
         if not isinstance(message.remote_ip, str) or not isinstance(message.path, str):
             raise UsageError("remote_ip and path must be str")
-        if session_id in self._entries:
+        entry = self._entries.get(session_id)
+        if entry is not None:
+            entry.holds += 1
             return True
         if limit is not None and len(self._entries) >= limit:
             return False
@@ -209,7 +216,14 @@ class SessionRegistry(Service):
 
     @handles(Unregister)
     def _unregister(self, message: Unregister) -> bool:
-        return self._entries.pop(_id(message.session_id), None) is not None
+        session_id = _id(message.session_id)
+        entry = self._entries.get(session_id)
+        if entry is None:
+            return False
+        entry.holds -= 1
+        if not entry.holds:
+            del self._entries[session_id]
+        return True
 
     @handles(LookupSession)
     def _lookup(self, message: LookupSession) -> SessionInfo | None:

@@ -118,6 +118,13 @@ async def test_attach_and_unregister() -> None:
         assert await ask(ref, Unregister("a"))
         assert not await ask(ref, Unregister("a"))  # unknown: a no-op
         assert await ask(ref, CountSessions()) == 0
+        # Registered twice (two MaxSessions sharing the registry): live until both release.
+        assert await ask(ref, Register("b"))
+        assert await ask(ref, Register("b"))
+        assert await ask(ref, Unregister("b"))
+        assert await ask(ref, LookupSession("b")) is not None
+        assert await ask(ref, Unregister("b"))
+        assert await ask(ref, LookupSession("b")) is None
     finally:
         await ref.stop(block=False)
 
@@ -192,16 +199,19 @@ CAP = 3
 class SessionsModel:
     def __init__(self) -> None:
         self.entries: dict[str, str | None] = {}  # id -> behaviour of the attached session
+        self.holds: dict[str, int] = {}  # id -> registrations not yet released
 
     def apply(self, message: Any) -> object:
         if isinstance(message, Register):
             if message.limit is not None and not isinstance(message.limit, int):
                 return Failed("UsageError")
             if message.session_id in self.entries:
+                self.holds[message.session_id] += 1
                 return True
             if message.limit is not None and len(self.entries) >= message.limit:
                 return False
             self.entries[message.session_id] = None
+            self.holds[message.session_id] = 1
             return True
         if isinstance(message, Attach):
             if message.session_id not in self.entries:
@@ -209,7 +219,12 @@ class SessionsModel:
             self.entries[message.session_id] = cast(FakeSession, message.session).behaviour
             return True
         if isinstance(message, Unregister):
-            return self.entries.pop(message.session_id, "absent") != "absent"
+            if message.session_id not in self.entries:
+                return False
+            self.holds[message.session_id] -= 1
+            if not self.holds[message.session_id]:
+                del self.entries[message.session_id], self.holds[message.session_id]
+            return True
         if isinstance(message, CountSessions):
             return len(self.entries)
         if isinstance(message, Broadcast):

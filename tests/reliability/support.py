@@ -16,11 +16,12 @@ import socket
 import ssl
 import sys
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import structlog
+from aioquic.asyncio.client import connect as quic_connect
 from aioquic.asyncio.protocol import QuicConnectionProtocol
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import DataReceived, HeadersReceived
@@ -30,6 +31,7 @@ from structlog.testing import capture_logs
 
 from aiowt.actors import _runtime
 from aiowt.actors._handler import Handler
+from aiowt.transport import Server
 from aiowt.transport._protocol import WebTransportProtocol
 from aiowt.transport.session import Session, Stream
 
@@ -239,6 +241,17 @@ class RawH3(QuicConnectionProtocol):
         await self._waiters[stream_id]
         answers = self.responses.get(stream_id)
         return answers[0] if answers else None
+
+
+@contextlib.asynccontextmanager
+async def raw_h3(server: Server) -> AsyncIterator[RawH3]:
+    """A bare HTTP/3 connection to `server` (not verifying its certificate)."""
+    host, port = server.address
+    async with quic_connect(
+        host, port, configuration=raw_configuration(), create_protocol=RawH3
+    ) as raw:
+        assert isinstance(raw, RawH3)
+        yield raw
 
 
 def connect_headers(authority: str, path: bytes = b"/echo") -> list[tuple[bytes, bytes]]:

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import pytest
-from aioquic.asyncio.client import connect as quic_connect
 from aioquic.h3.connection import MessageError, validate_request_headers
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -33,7 +32,7 @@ from aiowt.transport.capsule import MAX_CAPSULE_SIZE, encode_close
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
-from tests.reliability.support import RawH3, raw_configuration, scaled, watching
+from tests.reliability.support import RawH3, raw_h3, scaled, watching
 
 EXAMPLES = scaled(60, 2_000)
 MAX_HEADER_BYTES = ConnectionLimits().max_header_bytes
@@ -198,11 +197,7 @@ class Outcome:
 
 
 async def one_case(server: Server, cases: list[tuple[Headers, bool]]) -> None:
-    host, port = server.address
-    async with quic_connect(
-        host, port, configuration=raw_configuration(), create_protocol=RawH3
-    ) as raw:
-        assert isinstance(raw, RawH3)
+    async with raw_h3(server) as raw:
         outcomes: list[Outcome] = []
         for headers, end in cases:
             if raw.terminated is not None:
@@ -327,14 +322,10 @@ async def test_a_client_gone_before_the_verdict_is_not_a_server_error(
     gate = Gate()
     with watching(asyncio.get_running_loop()) as watch:
         server = await make_server(lambda s: s.use(gate).route("/echo", Echo))
-        host, port = server.address
         listener = server._listener
         assert listener is not None
         async with bounded(10):
-            async with quic_connect(
-                host, port, configuration=raw_configuration(), create_protocol=RawH3
-            ) as raw:
-                assert isinstance(raw, RawH3)
+            async with raw_h3(server) as raw:
                 raw.send_request(_good(server))
                 await gate.arrived.wait()
                 (connection,) = listener.connections
@@ -373,12 +364,7 @@ async def test_a_connect_that_ends_its_stream_leaves_no_session_behind(
 ) -> None:
     Stops.stopped = asyncio.Queue()
     server = await make_server(lambda s: s.route("/echo", Stops))
-    host, port = server.address
-    async with (
-        bounded(2),
-        quic_connect(host, port, configuration=raw_configuration(), create_protocol=RawH3) as raw,
-    ):
-        assert isinstance(raw, RawH3)
+    async with bounded(2), raw_h3(server) as raw:
         stream_id = raw.send_request(_good(server), end=True)
         answer = await raw.verdict(stream_id)
         assert answer is not None
@@ -409,12 +395,7 @@ async def test_capsules_sent_before_the_verdict_are_read_once_accepted(
     Stops.stopped = asyncio.Queue()
     gate = Gate()
     server = await make_server(lambda s: s.use(gate).route("/echo", Stops))
-    host, port = server.address
-    async with (
-        bounded(5),
-        quic_connect(host, port, configuration=raw_configuration(), create_protocol=RawH3) as raw,
-    ):
-        assert isinstance(raw, RawH3)
+    async with bounded(5), raw_h3(server) as raw:
         # The client closes (capsule and FIN) before the server has decided.
         stream_id, _ = await _held_request(server, gate, raw, encode_close(4242, "bye"), True)
         gate.opened.set()
@@ -430,14 +411,7 @@ async def test_data_past_a_capsule_before_the_verdict_is_refused(
     gate = Gate()
     with watching(asyncio.get_running_loop()) as watch:
         server = await make_server(lambda s: s.use(gate).route("/echo", Echo))
-        host, port = server.address
-        async with (
-            bounded(5),
-            quic_connect(
-                host, port, configuration=raw_configuration(), create_protocol=RawH3
-            ) as raw,
-        ):
-            assert isinstance(raw, RawH3)
+        async with bounded(5), raw_h3(server) as raw:
             flood = b"\x00" * (MAX_CAPSULE_SIZE + 1)
             _, verdict = await _held_request(server, gate, raw, flood, False)
             assert verdict is not None
