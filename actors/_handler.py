@@ -71,7 +71,6 @@ class Handler(LoopActor):
         """Per stream: its decoder, or None once its framing failed."""
         self._outbound: Stream | None = None
         self._on_stop_ran = False
-        self._inbox = _InboxMeter()
 
     # --- the API for sending ---------------------------------------------------------------
     def send_datagram(self, data: bytes) -> bool:
@@ -164,10 +163,10 @@ class Handler(LoopActor):
         stream: Stream | None = None
         try:
             if isinstance(event, DatagramReceived):
-                self._inbox.queued -= len(event.data)
+                self.session.inbox_bytes -= len(event.data)
                 await self.on_datagram(event.data)
             elif isinstance(event, StreamDataReceived):
-                self._inbox.queued -= len(event.data)
+                self.session.inbox_bytes -= len(event.data)
                 stream = event.stream
                 await self.on_stream_data(stream, event.data, event.end_stream)
             elif isinstance(event, StreamOpened):
@@ -239,27 +238,14 @@ _TRANSPORT_EVENTS = frozenset(
 )
 
 
-class _InboxMeter:
-    """Bytes of received data told to a handler and not yet taken from its inbox.
-
-    Written by the listener and the handler, both on the session's event loop.
-    """
-
-    __slots__ = ("queued",)
-
-    def __init__(self) -> None:
-        self.queued = 0
-
-
 class _ActorListener:
     """Turns a session's transport events into messages for its handler actor."""
 
-    __slots__ = ("_inbox", "_put", "_session")
+    __slots__ = ("_put", "_session")
 
-    def __init__(self, ref: pykka.ActorRef[Any], session: Session, inbox: _InboxMeter) -> None:
+    def __init__(self, ref: pykka.ActorRef[Any], session: Session) -> None:
         self._put = ref.tell
         self._session = session
-        self._inbox = inbox
 
     def _tell(self, message: object) -> None:
         # The handler may have stopped already: late traffic has nowhere to go.
@@ -269,17 +255,16 @@ class _ActorListener:
     def _tell_data(self, message: object, size: int) -> None:
         # aioquic grants flow-control credit as data arrives, not as it is handled: this
         # is what keeps a peer faster than its handler from growing the inbox unbounded.
-        inbox = self._inbox
-        inbox.queued += size
         session = self._session
-        if inbox.queued > session.max_inbox_bytes:
+        session.inbox_bytes += size
+        if session.inbox_bytes > session.max_inbox_bytes:
             if not session.closed:
-                log.info("peer sends faster than its handler handles", queued=inbox.queued)
+                log.info("peer sends faster than its handler handles", queued=session.inbox_bytes)
                 session.close(
                     CloseCode.RATE_LIMITED,
                     f"more than {session.max_inbox_bytes} bytes received and not yet handled",
                 )
-            inbox.queued -= size
+            session.inbox_bytes -= size
             return
         self._tell(message)
 
@@ -306,7 +291,7 @@ def attach_handler(session: Session, ref: pykka.ActorRef[Any]) -> Handler:
     """Send `session`'s events to the handler actor `ref` (started for it); return it."""
     handler = ref._actor_weakref()
     assert isinstance(handler, Handler)  # its running task keeps it alive
-    session.attach(_ActorListener(ref, session, handler._inbox))
+    session.attach(_ActorListener(ref, session))
     return handler
 
 

@@ -301,8 +301,11 @@ class Session:
         self.send_buffer_high = send_buffer_high
         self.send_buffer_low = send_buffer_low
         self.max_inbox_bytes = max_inbox_bytes
-        """Bytes received and not yet handled by the session's handler actor; past it, the
-        peer is sending faster than it is served and the session closes RATE_LIMITED."""
+        """Past this many bytes in `inbox_bytes`, the peer is sending faster than it is
+        served and the session closes RATE_LIMITED."""
+        self.inbox_bytes = 0
+        """Bytes received and handed to the listener (the handler actor's inbox), not yet
+        handled: the actor layer counts them up and down, both on the loop."""
         self.streams: dict[int, Stream] = {}
         self.taps: tuple[SessionTap, ...] = ()
         self.listener: SessionListener | None = None
