@@ -283,6 +283,32 @@ class Session:
     max_queued_datagrams = 1024
     """Pull API bound: older datagrams are dropped (and counted) past it."""
 
+    # Slots, and waiters made on first use: a server holds one of these per session.
+    __slots__ = (
+        "_closed_waiter",
+        "_datagrams",
+        "_incoming",
+        "_max_datagram",
+        "_protocol",
+        "_release",
+        "_waiters",
+        "bytes_in",
+        "bytes_out",
+        "close_info",
+        "datagrams_dropped",
+        "datagrams_dropped_out",
+        "inbox_bytes",
+        "listener",
+        "max_inbox_bytes",
+        "max_message_size",
+        "request",
+        "send_buffer_high",
+        "send_buffer_low",
+        "session_id",
+        "streams",
+        "taps",
+    )
+
     def __init__(
         self,
         protocol: WebTransportProtocol,
@@ -315,12 +341,12 @@ class Session:
         self.datagrams_dropped_out = 0
         self.bytes_in = 0
         self.bytes_out = 0
-        self._closed_waiter: asyncio.Future[CloseInfo] = asyncio.get_running_loop().create_future()
+        self._closed_waiter: asyncio.Future[CloseInfo] | None = None
         # The pull API's queues, made on first use: an empty deque costs 760 bytes, and a
         # session with a listener attached (every server session) never uses them.
         self._datagrams: collections.deque[bytes] | None = None
         self._incoming: collections.deque[Stream] | None = None
-        self._waiters: list[asyncio.Future[None]] = []
+        self._waiters: list[asyncio.Future[None]] | None = None
         self._release: Callable[[bool], Awaitable[None]] | None = None
         self._max_datagram: int | None = None
 
@@ -344,6 +370,10 @@ class Session:
 
     async def wait_closed(self) -> CloseInfo:
         """Wait for the session to end, however it ends."""
+        if self.close_info is not None:
+            return self.close_info
+        if self._closed_waiter is None:
+            self._closed_waiter = asyncio.get_running_loop().create_future()
         return await asyncio.shield(self._closed_waiter)
 
     def attach(self, listener: SessionListener) -> None:
@@ -509,7 +539,7 @@ class Session:
             stream._wake_drain()
         for tap in self.taps:
             tap.closed(self, info)
-        if not self._closed_waiter.done():
+        if self._closed_waiter is not None and not self._closed_waiter.done():
             self._closed_waiter.set_result(info)
         self._wake()
         if self.listener is not None:
@@ -517,13 +547,15 @@ class Session:
 
     def _wake(self) -> None:
         # Datagram readers and stream acceptors wait side by side: wake them all.
-        waiters, self._waiters = self._waiters, []
-        for waiter in waiters:
+        waiters, self._waiters = self._waiters, None
+        for waiter in waiters or ():
             if not waiter.done():
                 waiter.set_result(None)
 
     async def _wait(self) -> None:
         waiter = asyncio.get_running_loop().create_future()
+        if self._waiters is None:
+            self._waiters = []
         self._waiters.append(waiter)
         await waiter
 
