@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -66,3 +69,39 @@ async def bounded(seconds: float = 5.0) -> AsyncIterator[None]:
     """Every wait in a test has a bound."""
     async with asyncio.timeout(seconds):
         yield
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+async def start_echo_process(directory: Path) -> tuple[asyncio.subprocess.Process, int, list[str]]:
+    """Run `aiowt run examples.echo:server` on an ephemeral port of 127.0.0.1, with a
+    certificate written to `directory`. Returns the process (stdout piped, stderr merged),
+    its port, and the output lines read up to its banner."""
+    from aiowt.transport.cli import main as cli
+
+    assert cli(["cert", "--out", str(directory)]) == 0
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        *("-m", "aiowt.transport.cli", "run", "examples.echo:server"),
+        *("--host", "127.0.0.1", "--port", "0"),
+        *("--cert", str(directory / "cert.pem"), "--key", str(directory / "key.pem")),
+        cwd=REPO,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    output: list[str] = []
+    try:
+        async with bounded(20):
+            while True:
+                line = (await process.stdout.readline()).decode()
+                assert line, f"the server exited before its banner: {output}"
+                output.append(line)
+                if line.startswith("aiowt serving WebTransport on "):
+                    return process, int(line.split()[4].rsplit(":", 1)[1]), output
+    except BaseException:
+        process.kill()
+        await process.wait()
+        raise

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 from typing import ClassVar
@@ -32,11 +30,10 @@ from aiowt.transport import (
     Stream,
     connect,
 )
-from aiowt.transport.cli import main as cli
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
-from tests.conftest import ServerFactory, bounded
-from tests.reliability.support import REPO, scaled, watching
+from tests.conftest import ServerFactory, bounded, start_echo_process
+from tests.reliability.support import scaled, watching
 
 SESSIONS = scaled(20, 150)
 SHUTDOWN_TIMEOUT = 5.0
@@ -159,39 +156,12 @@ async def test_shutdown_under_traffic_sends_going_away_to_every_session(
 async def test_a_server_process_exits_promptly_on_sigterm_while_clients_are_busy(
     tmp_path: Path,
 ) -> None:
-    assert cli(["cert", "--out", str(tmp_path)]) == 0
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aiowt.transport.cli",
-        "run",
-        "examples.echo:server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--cert",
-        str(tmp_path / "cert.pem"),
-        "--key",
-        str(tmp_path / "key.pem"),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process, port, output = await start_echo_process(tmp_path)
     assert process.stdout is not None
-    output: list[str] = []
     sessions: list[Session] = []
     tasks: list[asyncio.Future[str]] = []
     try:
         async with bounded(20):
-            port = 0
-            while not port:
-                line = (await process.stdout.readline()).decode()
-                assert line, f"the server exited early: {output}"
-                output.append(line)
-                if line.startswith("aiowt serving WebTransport on "):
-                    port = int(line.split()[4].rsplit(":", 1)[1])
             for _ in range(scaled(10, 50)):
                 sessions.append(await connect(f"https://127.0.0.1:{port}/echo", verify=False))
             readies = [asyncio.Event() for _ in sessions]

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
-import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
@@ -16,7 +13,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from aiowt.transport import connect
 from aiowt.transport.cli import load_server, main
 from aiowt.transport.errors import UsageError
-from tests.conftest import bounded
+from tests.conftest import bounded, start_echo_process
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -41,36 +38,8 @@ def test_load_server_reports_bad_targets() -> None:
 
 
 async def test_run_serves_the_echo_example_and_stops_on_sigterm(tmp_path: Path) -> None:
-    assert main(["cert", "--out", str(tmp_path)]) == 0
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "aiowt.transport.cli",
-        "run",
-        "examples.echo:server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        "0",
-        "--cert",
-        str(tmp_path / "cert.pem"),
-        "--key",
-        str(tmp_path / "key.pem"),
-        cwd=REPO,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    assert process.stdout is not None
+    process, port, _ = await start_echo_process(tmp_path)
     try:
-        async with bounded(20):
-            url = ""
-            while not url:
-                line = (await process.stdout.readline()).decode()
-                assert line, "the server exited before printing its URL"
-                if line.startswith("aiowt serving WebTransport on "):
-                    url = line.split()[4]
-        port = int(url.rsplit(":", 1)[1])
         session = await connect(f"https://127.0.0.1:{port}/echo", verify=False)
         session.send_datagram(b"cli")
         async with bounded():
