@@ -15,8 +15,6 @@ from aiowt.transport.cli import load_server, main
 from aiowt.transport.errors import UsageError
 from tests.conftest import bounded, start_echo_process
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def test_cert_writes_files_and_prints_both_hashes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
