@@ -12,7 +12,8 @@ from typing import Any
 
 import pytest
 
-from aiowt.transport import Server, Session, connect
+from aiowt.middleware.chain import CallNext
+from aiowt.transport import Server, Session, SessionContext, connect
 from aiowt.transport.tls import SelfSignedCertificate, generate_self_signed
 
 
@@ -105,3 +106,21 @@ async def start_echo_process(directory: Path) -> tuple[asyncio.subprocess.Proces
         process.kill()
         await process.wait()
         raise
+
+
+class Unwound:
+    """Outermost test middleware: reports when a session's whole chain has unwound."""
+
+    def __init__(self) -> None:
+        self.done: asyncio.Queue[SessionContext] = asyncio.Queue()
+
+    async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
+        try:
+            await call_next(ctx)
+        finally:
+            self.done.put_nowait(ctx)
+
+    async def wait(self, count: int) -> None:
+        async with bounded():
+            for _ in range(count):
+                await self.done.get()

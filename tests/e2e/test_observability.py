@@ -27,7 +27,7 @@ from aiowt.middleware.status import Status
 from aiowt.middleware.tracing import AdaptiveSampler, Tracing, parse_traceparent
 from aiowt.middleware.webhook import Webhook
 from aiowt.transport import HandshakeError, Rejected, SessionContext
-from tests.conftest import ClientFactory, ServerFactory, bounded
+from tests.conftest import ClientFactory, ServerFactory, Unwound, bounded
 
 log = structlog.get_logger("tests.rooms")
 
@@ -50,24 +50,6 @@ async def token_auth(ctx: SessionContext, call_next: CallNext) -> None:
     if ctx.query.get("token") != ["ok"]:
         raise Rejected(401, "bad token")
     await call_next(ctx)
-
-
-class Unwound:
-    """Outermost: reports when a session's whole chain has unwound."""
-
-    def __init__(self) -> None:
-        self.done: asyncio.Queue[SessionContext] = asyncio.Queue()
-
-    async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        try:
-            await call_next(ctx)
-        finally:
-            self.done.put_nowait(ctx)
-
-    async def wait(self, count: int) -> None:
-        async with bounded():
-            for _ in range(count):
-                await self.done.get()
 
 
 class Hooks:

@@ -19,25 +19,7 @@ from aiowt.middleware.chain import CallNext
 from aiowt.middleware.metrics import Metrics, PrometheusMetrics, TrafficTap
 from aiowt.transport import HandshakeError, Rejected, Server, SessionContext, UsageError
 from examples.echo import Echo
-from tests.conftest import ClientFactory, ServerFactory, bounded
-
-
-class Unwound:
-    """Outermost test middleware: reports when a session's whole chain has unwound."""
-
-    def __init__(self) -> None:
-        self.done: asyncio.Queue[SessionContext] = asyncio.Queue()
-
-    async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        try:
-            await call_next(ctx)
-        finally:
-            self.done.put_nowait(ctx)
-
-    async def wait(self, count: int) -> None:
-        async with bounded():
-            for _ in range(count):
-                await self.done.get()
+from tests.conftest import ClientFactory, ServerFactory, Unwound, bounded
 
 
 class Bouncer:
