@@ -152,6 +152,8 @@ class Supervisor:
                 self._spawn(worker)
             while not self._stopping:
                 self._check_workers()
+                # The supervisor runs no event loop (it only watches its workers): a
+                # short poll is simpler than SIGCHLD handling and costs nothing.
                 time.sleep(0.1)
         finally:
             self._stop_workers()
