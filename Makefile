@@ -10,7 +10,8 @@ TYPECHECK := build/typecheck
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,prometheus,otel]'
+	# The editable build warns that ./aiowt shadows the installed package: it is that package.
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[dev,prometheus,otel]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -33,18 +34,18 @@ chromium:
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
 	  else echo "no apt-get: browser tests will be skipped"; fi; }
 
-LINTED := $(wildcard actors middleware transport tests examples bench)
+LINTED := $(wildcard aiowt actors middleware transport tests examples bench)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check $(LINTED)
 	$(VENV)/bin/ruff format --check $(LINTED)
 
-# mypy sees the three folders as the aiowt.* packages through a tree of links.
+# mypy sees the four folders as the aiowt package through a tree of links.
 typecheck: $(STAMP)
-	mkdir -p $(TYPECHECK)/aiowt
+	rm -rf $(TYPECHECK) && mkdir -p $(TYPECHECK)/aiowt
+	for file in aiowt/*.py aiowt/py.typed; do ln -sfn $(CURDIR)/$$file $(TYPECHECK)/$$file; done
 	for pkg in actors middleware transport; do ln -sfn $(CURDIR)/$$pkg $(TYPECHECK)/aiowt/$$pkg; done
-	cd $(TYPECHECK) && MYPYPATH=. $(CURDIR)/$(VENV)/bin/mypy --strict --config-file $(CURDIR)/pyproject.toml \
-	  -p aiowt.actors -p aiowt.middleware -p aiowt.transport
+	cd $(TYPECHECK) && MYPYPATH=. $(CURDIR)/$(VENV)/bin/mypy --strict --config-file $(CURDIR)/pyproject.toml -p aiowt
 
 pytest: $(STAMP) chromium $(CHAT_VENDOR)
 	$(PY) -m pytest -q

@@ -94,7 +94,7 @@ def _make_session(i: int, connection: Any) -> tuple[Any, Any]:
 
 
 async def _empty_server() -> Any:
-    from aiowt.transport import Server
+    from aiowt import Server
 
     server = Server(host="127.0.0.1", port=0)
     server.route("/echo", _handler_class(False))

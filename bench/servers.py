@@ -317,7 +317,7 @@ def configure_production_logging() -> None:
 
 
 def build_aiowt_server(kind: str, host: str, port: int, cert: str, key: str) -> tuple[Any, Stack]:
-    from aiowt.transport import Server
+    from aiowt import Server
 
     server = Server(host=host, port=port, cert_file=cert, key_file=key)
     stack = Stack()

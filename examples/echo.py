@@ -8,8 +8,9 @@ A client-opened unidirectional stream is echoed on a new server-opened one.
 
 from __future__ import annotations
 
+from aiowt import Server
 from aiowt.actors import Handler
-from aiowt.transport import Server, Stream
+from aiowt.transport import Stream
 
 
 class Echo(Handler):

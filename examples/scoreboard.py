@@ -13,8 +13,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from aiowt import Server
 from aiowt.actors import Handler, LoopActor
-from aiowt.transport import CloseCode, Server, SessionContext, Stream
+from aiowt.transport import CloseCode, SessionContext, Stream
 
 
 class Scoreboard(LoopActor):

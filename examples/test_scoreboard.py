@@ -8,7 +8,7 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
-from aiowt.actors.testing import ActorScope, ActorStateMachine
+from aiowt.testing import ActorScope, ActorStateMachine
 from examples.scoreboard import Scoreboard, build_server
 
 players = st.sampled_from(["ann", "bob", "cy"])

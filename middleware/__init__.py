@@ -7,7 +7,7 @@ small classes. Constants (metric names, typed context keys) stay in their module
 
 from . import stacks
 from .auth import BasicAuth, BearerAuth, QueryAuth, RequireKey, StaticTokens, secrets_equal
-from .chain import CallNext, Chain, Middleware, build_chain, middleware_name
+from .chain import CallNext, Chain, Closable, Middleware, build_chain, middleware_name
 from .compress import Compress, Compressor
 from .limits import (
     DepthGuard,
@@ -50,6 +50,7 @@ __all__ = [
     "Chain",
     "CircuitBreaker",
     "ClientIP",
+    "Closable",
     "Compress",
     "Compressor",
     "ConcurrencyStats",

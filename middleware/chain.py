@@ -30,6 +30,10 @@ What a middleware may do:
 
 Calling ``call_next`` a second time, or after the middleware has returned, raises
 `UsageError`: the terminal step accepts the session, and accepting twice is a bug.
+
+A middleware that holds something beyond a session (an actor it started, a port it
+serves, deliveries in flight) is `Closable`: the server calls its ``aclose()`` once,
+at shutdown, after every session has ended.
 """
 
 from __future__ import annotations
@@ -38,18 +42,27 @@ import functools
 import inspect
 import types
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Final
+from typing import Final, Protocol, runtime_checkable
 
 from aiowt.transport.context import SessionContext
 from aiowt.transport.errors import Rejected, UsageError
 
-__all__ = ["CallNext", "Chain", "Middleware", "build_chain", "middleware_name"]
+__all__ = ["CallNext", "Chain", "Closable", "Middleware", "build_chain", "middleware_name"]
 
 CallNext = Callable[[SessionContext], Awaitable[None]]
 """The rest of the chain: await it once to run everything after this middleware."""
 
 Middleware = Callable[[SessionContext, CallNext], Awaitable[None]]
 """An async callable ``(ctx, call_next) -> None``; see the module docstring."""
+
+
+@runtime_checkable
+class Closable(Protocol):
+    """A middleware with something to release at shutdown (see the module docstring)."""
+
+    async def aclose(self) -> None:
+        """Release what the middleware holds; called once, after the sessions ended."""
+
 
 _PENDING: Final = 0
 _CALLED: Final = 1

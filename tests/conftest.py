@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from aiowt import Server
 from aiowt.middleware.chain import CallNext
-from aiowt.transport import Server, Session, SessionContext, connect
+from aiowt.transport import Session, SessionContext, connect
 from aiowt.transport.tls import SelfSignedCertificate, generate_self_signed
 
 
@@ -79,12 +80,12 @@ async def start_echo_process(directory: Path) -> tuple[asyncio.subprocess.Proces
     """Run `aiowt run examples.echo:server` on an ephemeral port of 127.0.0.1, with a
     certificate written to `directory`. Returns the process (stdout piped, stderr merged),
     its port, and the output lines read up to its banner."""
-    from aiowt.transport.cli import main as cli
+    from aiowt.cli import main as cli
 
     assert cli(["cert", "--out", str(directory)]) == 0
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "aiowt.transport.cli", "run", "examples.echo:server"),
+        *("-m", "aiowt", "run", "examples.echo:server"),
         *("--host", "127.0.0.1", "--port", "0"),
         *("--cert", str(directory / "cert.pem"), "--key", str(directory / "key.pem")),
         cwd=REPO,

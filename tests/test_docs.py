@@ -33,7 +33,8 @@ def test_page_code_runs(page: str) -> None:
 
 def test_the_readme_states_the_real_defaults() -> None:
     """The README's "Bounds and their defaults" block builds a server equal to `Server()`."""
-    from aiowt.transport import ConnectionLimits, Server
+    from aiowt import Server
+    from aiowt.transport import ConnectionLimits
 
     readme = (DOCS.parent / "README.md").read_text()
     section = readme.split("## Bounds and their defaults", 1)[1]

@@ -1,13 +1,10 @@
 """aiowt.transport: WebTransport over HTTP/3 on aioquic, for servers and clients.
 
-`Server` (routes, middleware, handler actors) is imported lazily: it is the composition
-root that pulls in `aiowt.middleware` and `aiowt.actors`, which themselves build on the
-lower modules of this package.
+The bottom layer: it imports nothing else of aiowt. The server that puts routes,
+middleware and handler actors on top of it is `aiowt.Server`.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from .codes import CloseCode, StreamErrorCode
 from .context import CloseInfo, Key, SessionContext
@@ -27,10 +24,7 @@ from .errors import (
 )
 from .limits import ConnectionLimits
 from .request import ConnectRequest
-from .session import Session, SessionListener, SessionTap, Stream
-
-if TYPE_CHECKING:
-    from .server import Server
+from .session import Session, SessionListener, SessionTap, Stream, wait_close_delivered
 
 __all__ = [
     "AiowtError",
@@ -45,7 +39,6 @@ __all__ = [
     "MalformedFrame",
     "PeerError",
     "Rejected",
-    "Server",
     "Session",
     "SessionClosedError",
     "SessionContext",
@@ -57,12 +50,5 @@ __all__ = [
     "UsageError",
     "WriteBufferFull",
     "connect",
+    "wait_close_delivered",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Server":
-        from .server import Server
-
-        return Server
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

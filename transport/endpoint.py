@@ -18,12 +18,12 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from ._protocol import OnRequest, WebTransportProtocol
+from ._protocol import IncomingSession, OnRequest, WebTransportProtocol
 from .errors import HandshakeError, UsageError
 from .limits import ConnectionLimits
 from .session import Session
 
-__all__ = ["Listener", "connect", "listen", "quic_configuration"]
+__all__ = ["IncomingSession", "Listener", "OnRequest", "connect", "listen", "quic_configuration"]
 
 DEFAULT_MAX_DATAGRAM_FRAME_SIZE = 65536
 RECEIVE_BUFFER = 4 * 1024 * 1024

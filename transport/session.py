@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .codes import CloseCode
@@ -36,7 +36,7 @@ from .request import ConnectRequest
 if TYPE_CHECKING:
     from ._protocol import WebTransportProtocol
 
-__all__ = ["Session", "SessionListener", "SessionTap", "Stream"]
+__all__ = ["Session", "SessionListener", "SessionTap", "Stream", "wait_close_delivered"]
 
 
 class SessionListener(Protocol):
@@ -565,3 +565,17 @@ class Session:
                 f"stream {stream.stream_id}: peer is not reading; send buffer above "
                 f"{self.send_buffer_high} bytes"
             )
+
+
+async def wait_close_delivered(sessions: Iterable[Session], timeout: float) -> None:
+    """Wait until the peers acknowledged the close capsules of `sessions`, up to `timeout`.
+
+    QUIC does not order a session's close capsule before the CONNECTION_CLOSE that may
+    follow it, so whoever closes connections after sessions waits for this first.
+    """
+    by_connection: dict[WebTransportProtocol, list[int]] = {}
+    for session in sessions:
+        by_connection.setdefault(session._protocol, []).append(session.session_id)
+    await asyncio.gather(
+        *(protocol.wait_delivered(ids, timeout) for protocol, ids in by_connection.items())
+    )

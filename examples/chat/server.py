@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 from pykka import ActorRef
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.actors._service import ServiceHandle, ask, tell_quietly
 from aiowt.actors.outbound import OutboundChannel
@@ -41,16 +42,7 @@ from aiowt.actors.rooms import (
     Signal,
 )
 from aiowt.middleware.chain import CallNext
-from aiowt.transport import (
-    CloseCode,
-    CloseInfo,
-    Key,
-    Rejected,
-    Server,
-    Session,
-    SessionContext,
-    Stream,
-)
+from aiowt.transport import CloseCode, CloseInfo, Key, Rejected, Session, SessionContext, Stream
 from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE
 
 from .web import ChatWebServer, WebConfig

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import run_state_machine_as_test
 
 from aiowt.actors import Handler, LoopActor
-from aiowt.actors.testing import (
+from aiowt.testing import (
     ActorScope,
     ActorStateMachine,
     NotLinearizable,

@@ -15,7 +15,8 @@ from aioquic.h3.events import HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import QuicEvent
 
-from aiowt.transport import ConnectionLimits, Server, UsageError
+from aiowt import Server
+from aiowt.transport import ConnectionLimits, UsageError
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
 
@@ -115,7 +116,7 @@ async def test_a_peer_that_never_sends_connect_is_disconnected(
     )
     async with bounded(10), raw_client(server) as raw:
         await raw.wait_closed()  # the server closed the silent connection
-    assert not server._listener.connections  # type: ignore[union-attr]
+    assert not server.listener.connections
 
 
 async def test_too_many_sessions_on_one_connection_get_429(

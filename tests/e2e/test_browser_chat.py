@@ -22,7 +22,8 @@ from typing import Any
 
 import pytest
 
-from aiowt.transport import Server, Session
+from aiowt import Server
+from aiowt.transport import Session
 from examples.chat.server import Chat
 from examples.chat.web import STATIC_DIR, ChatWebServer, WebConfig
 from tests.browser import CHROMIUM_FLAGS, require_chromium

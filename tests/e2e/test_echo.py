@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from aiowt.transport import DatagramTooLarge, Server
+from aiowt import Server
+from aiowt.transport import DatagramTooLarge
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
 
@@ -89,7 +90,7 @@ async def test_many_streams_leave_no_http3_state_behind(
             stream = session.open_stream()
             stream.write(str(index).encode(), end_stream=True)
             assert await stream.read_all() == str(index).encode()
-    (connection,) = server._listener.connections  # type: ignore[union-attr]
+    (connection,) = server.listener.connections
     # Control, encoder, decoder and the CONNECT stream may remain; no data streams.
     assert len(connection.h3._stream) <= 8
     assert len(connection._streams) == 0

@@ -22,6 +22,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aiowt import Server
 from aiowt.middleware.auth import BasicAuth, BearerAuth, QueryAuth, StaticTokens
 from aiowt.middleware.network import (
     CORS,
@@ -39,7 +40,7 @@ from aiowt.middleware.request import (
     SessionData,
     Subprotocols,
 )
-from aiowt.transport import HandshakeError, Key, Server, Session, connect
+from aiowt.transport import HandshakeError, Key, Session, connect
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
 

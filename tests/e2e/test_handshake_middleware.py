@@ -16,6 +16,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.middleware.auth import BasicAuth, BearerAuth, QueryAuth, RequireKey, StaticTokens
 from aiowt.middleware.chain import CallNext
@@ -47,7 +48,7 @@ from aiowt.middleware.request import (
     SessionData,
     Subprotocols,
 )
-from aiowt.transport import HandshakeError, Key, Server, Session, SessionContext
+from aiowt.transport import HandshakeError, Key, Session, SessionContext
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
 

@@ -9,12 +9,13 @@ import os
 import random
 from typing import ClassVar
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.actors._service import ask
 from aiowt.actors.ratelimit import HolderCounts, RateLimitRegistry
 from aiowt.actors.sessions import CountSessions, SessionRegistry
 from aiowt.middleware.limits import MaxSessions, RateLimit, RouteRateLimit
-from aiowt.transport import HandshakeError, Server
+from aiowt.transport import HandshakeError
 from tests.conftest import ClientFactory, ServerFactory, bounded
 from tests.e2e.test_limits_sessions import Ends, Stop, stop
 

@@ -10,6 +10,7 @@ from typing import Any
 import pykka
 import pytest
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.actors._service import ask
 from aiowt.actors.ratelimit import HolderCounts, RateLimitRegistry
@@ -24,7 +25,7 @@ from aiowt.actors.sessions import (
 )
 from aiowt.middleware.chain import CallNext
 from aiowt.middleware.limits import MaxSessions, PerPathRateLimit, RateLimit, RouteRateLimit
-from aiowt.transport import CloseCode, HandshakeError, Server, SessionContext, Stream
+from aiowt.transport import CloseCode, HandshakeError, SessionContext, Stream
 from tests.conftest import ClientFactory, ServerFactory, bounded
 
 

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.middleware.chain import CallNext
 from aiowt.transport import (
@@ -14,7 +15,6 @@ from aiowt.transport import (
     CloseInfo,
     HandshakeError,
     Rejected,
-    Server,
     SessionClosedError,
     SessionContext,
     Stream,

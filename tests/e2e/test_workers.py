@@ -7,7 +7,6 @@ a worker killed with SIGKILL is restarted by the supervisor and serves again.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
 import signal
 import socket
@@ -16,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from aiowt.transport import Server, SessionContext, cli, connect
+from aiowt import Server
+from aiowt.transport import SessionContext, connect
 from aiowt.transport.tls import generate_self_signed, write_certificate
 from examples.echo import Echo
 from tests.conftest import bounded
@@ -62,8 +62,8 @@ async def _read_listening(stdout: asyncio.StreamReader, pids: dict[int, int]) ->
 
 
 _ENTRY_POINTS = {
-    "module": ["aiowt.transport.workers", "tests.e2e.test_workers:server"],
-    "cli": ["aiowt.transport.cli", "run", "tests.e2e.test_workers:server"],
+    "module": ["aiowt.workers", "tests.e2e.test_workers:server"],
+    "cli": ["aiowt", "run", "tests.e2e.test_workers:server"],
 }
 
 
@@ -71,8 +71,6 @@ _ENTRY_POINTS = {
 async def test_two_workers_share_the_port_and_a_killed_one_is_restarted(
     tmp_path: Path, entry: str
 ) -> None:
-    if entry == "cli" and "--workers" not in inspect.getsource(cli):
-        pytest.skip("`aiowt run` has no --workers option yet")
     certificate = generate_self_signed()
     cert_path, key_path = write_certificate(certificate, tmp_path)
     port = _free_udp_port()

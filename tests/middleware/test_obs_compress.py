@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.middleware.compress import (
     COMPRESSOR,
@@ -26,7 +27,6 @@ from aiowt.transport import (
     FrameTooLarge,
     HandshakeError,
     MalformedFrame,
-    Server,
     Stream,
     UsageError,
 )

@@ -13,6 +13,7 @@ import pytest
 import structlog
 from structlog.testing import capture_logs
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.middleware.chain import CallNext
 from aiowt.middleware.logging import (
@@ -37,7 +38,7 @@ from aiowt.middleware.timing import (
     Recorder,
     Timer,
 )
-from aiowt.transport import CloseCode, HandshakeError, Rejected, Server, SessionContext, UsageError
+from aiowt.transport import CloseCode, HandshakeError, Rejected, SessionContext, UsageError
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
 

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
+from aiowt import Server
 from aiowt.actors._service import ask
 from aiowt.actors.breaker import CircuitBreaker as BreakerActor
 from aiowt.actors.breaker import SessionFailed
@@ -17,7 +18,7 @@ from aiowt.actors.metrics import Inc, MetricsCollector, Observe, TakeSnapshot
 from aiowt.middleware._http import HttpEndpoint, HttpRequest, HttpResponse
 from aiowt.middleware.chain import CallNext
 from aiowt.middleware.metrics import Metrics, PrometheusMetrics, TrafficTap
-from aiowt.transport import HandshakeError, Rejected, Server, SessionContext, UsageError
+from aiowt.transport import HandshakeError, Rejected, SessionContext, UsageError
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, Unwound, bounded
 

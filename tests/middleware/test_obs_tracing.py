@@ -18,6 +18,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import SpanKind, StatusCode
 from structlog.testing import capture_logs
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.middleware.chain import CallNext
 from aiowt.middleware.tracing import (
@@ -30,7 +31,7 @@ from aiowt.middleware.tracing import (
     Tracing,
     parse_traceparent,
 )
-from aiowt.transport import HandshakeError, Rejected, Server, SessionContext, UsageError
+from aiowt.transport import HandshakeError, Rejected, SessionContext, UsageError
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
 

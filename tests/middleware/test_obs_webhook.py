@@ -13,11 +13,12 @@ from typing import Any
 
 import pytest
 
+from aiowt import Server
 from aiowt.actors._service import ask
 from aiowt.actors.metrics import MetricsCollector, TakeSnapshot
 from aiowt.middleware.chain import CallNext
 from aiowt.middleware.webhook import WEBHOOK_METRIC, Webhook
-from aiowt.transport import HandshakeError, Rejected, Server, SessionContext, UsageError
+from aiowt.transport import HandshakeError, Rejected, SessionContext, UsageError
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded

@@ -29,9 +29,9 @@ from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ConnectionTerminated, QuicEvent
 from structlog.testing import capture_logs
 
+from aiowt import Server
 from aiowt.actors import _runtime
 from aiowt.actors._handler import Handler
-from aiowt.transport import Server
 from aiowt.transport._protocol import WebTransportProtocol
 from aiowt.transport.session import Session, Stream
 

@@ -28,6 +28,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.actors._service import ask
 from aiowt.actors.metrics import MetricsCollector, TakeSnapshot
@@ -36,7 +37,7 @@ from aiowt.actors.sessions import CountSessions, SessionRegistry
 from aiowt.middleware.limits import DepthGuard, MaxSessions, RateLimit, RouteRateLimit, TokenBucket
 from aiowt.middleware.metrics import HANDSHAKES_METRIC, IN_PROGRESS_METRIC, SESSIONS_METRIC, Metrics
 from aiowt.middleware.stats import ACTIVE_METRIC, ConcurrencyStats
-from aiowt.transport import Server, Session, Stream, connect
+from aiowt.transport import Session, Stream, connect
 from aiowt.transport._protocol import WebTransportProtocol
 from aiowt.transport.tls import SelfSignedCertificate
 from tests.conftest import ServerFactory, bounded
@@ -178,8 +179,7 @@ async def test_churn_leaves_nothing_behind(
     with watching(loop) as watch:
         server = await make_server(configure, idle_timeout=IDLE_TIMEOUT)
         host, port = server.address
-        listener = server._listener
-        assert listener is not None
+        listener = server.listener
 
         def url(n: int) -> str:
             return f"https://{host}:{port}/churn/{n}"

@@ -24,6 +24,7 @@ from typing import Any, ClassVar
 
 import pytest
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.actors._service import ask
 from aiowt.actors.metrics import MetricsCollector, TakeSnapshot
@@ -33,7 +34,7 @@ from aiowt.middleware.limits import (
     DepthGuard,
     TokenBucket,
 )
-from aiowt.transport import CloseCode, CloseInfo, Server, Stream, StreamClosedError
+from aiowt.transport import CloseCode, CloseInfo, Stream, StreamClosedError
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded

@@ -27,8 +27,9 @@ from aioquic.buffer import encode_uint_var
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from aiowt import Server
 from aiowt.actors import Handler
-from aiowt.transport import CloseCode, CloseInfo, Server, Session, SessionClosedError
+from aiowt.transport import CloseCode, CloseInfo, Session, SessionClosedError
 from aiowt.transport._protocol import WebTransportProtocol
 from aiowt.transport.capsule import CapsuleDecoder
 from aiowt.transport.tls import SelfSignedCertificate

@@ -26,8 +26,9 @@ from aioquic.h3.connection import MessageError, validate_request_headers
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from aiowt import Server
 from aiowt.middleware.chain import CallNext
-from aiowt.transport import CloseInfo, ConnectionLimits, Server, Session, SessionContext, connect
+from aiowt.transport import CloseInfo, ConnectionLimits, Session, SessionContext, connect
 from aiowt.transport.capsule import MAX_CAPSULE_SIZE, encode_close
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
@@ -322,8 +323,7 @@ async def test_a_client_gone_before_the_verdict_is_not_a_server_error(
     gate = Gate()
     with watching(asyncio.get_running_loop()) as watch:
         server = await make_server(lambda s: s.use(gate).route("/echo", Echo))
-        listener = server._listener
-        assert listener is not None
+        listener = server.listener
         async with bounded(10):
             async with raw_h3(server) as raw:
                 raw.send_request(_good(server))

@@ -29,11 +29,11 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.transport import (
     CloseCode,
     PeerError,
-    Server,
     Session,
     SessionClosedError,
     Stream,

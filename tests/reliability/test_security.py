@@ -19,6 +19,7 @@ from typing import Any
 import msgpack
 import pytest
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.actors._service import ask
 from aiowt.actors.metrics import (
@@ -33,14 +34,7 @@ from aiowt.middleware.limits import PerPathRateLimit, RateLimit
 from aiowt.middleware.logging import COMBINED_LOG_FORMAT, AccessLog, JsonAccessLog, Logger
 from aiowt.middleware.metrics import Metrics, PrometheusMetrics
 from aiowt.middleware.request import ErrorHandler, RequestID, SessionData
-from aiowt.transport import (
-    CloseCode,
-    ConnectionLimits,
-    HandshakeError,
-    Server,
-    Session,
-    Stream,
-)
+from aiowt.transport import CloseCode, ConnectionLimits, HandshakeError, Session, Stream
 from aiowt.transport.capsule import MAX_CAPSULE_SIZE
 from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE, encode_frame, encode_message
 from aiowt.transport.session import Session as TransportSession
@@ -153,7 +147,7 @@ async def test_secrets_never_reach_logs_reprs_or_metrics(services: Services) -> 
     await server.shutdown()
     assert len(lines) == 2 * len(ATTEMPTS)  # one text line and one JSON line each
     snapshot = await ask(collector, TakeSnapshot())
-    chains = server._chains.values()
+    chains = server.chains.values()
     texts = {
         "structlog": "\n".join(repr(event) for event in watch.logs),
         "access log": "\n".join(lines),

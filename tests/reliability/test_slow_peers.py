@@ -31,17 +31,10 @@ from typing import Any, ClassVar
 import pykka
 import pytest
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.actors.outbound import OutboundChannel
-from aiowt.transport import (
-    CloseCode,
-    CloseInfo,
-    ConnectionLimits,
-    Server,
-    Session,
-    Stream,
-    connect,
-)
+from aiowt.transport import CloseCode, CloseInfo, ConnectionLimits, Session, Stream, connect
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
 from tests.conftest import ServerFactory, bounded
@@ -78,8 +71,7 @@ async def test_peers_that_never_send_connect_are_released_after_the_bound(
             connection_limits=ConnectionLimits(idle_timeout=IDLE_CONNECTION),
         )
         host, port = server.address
-        listener = server._listener
-        assert listener is not None
+        listener = server.listener
         baseline = live_objects()["WebTransportProtocol"]
         async with bounded(10), contextlib.AsyncExitStack() as stack:
             silent = [
@@ -206,7 +198,7 @@ async def _through_relay(
 
 
 async def _server_session(server: Server) -> Session:
-    (session,) = list(server._live)
+    (session,) = server.sessions
     return session
 
 
@@ -254,8 +246,7 @@ async def test_outbound_channel_closes_only_a_peer_that_stops_reading(
                     assert pushed <= HIGH // CHUNK + 2, pushed
                     assert Feed.peak_buffer <= HIGH + CHUNK
                     # The deaf connection is released by the QUIC idle timeout.
-                    assert server._listener is not None
-                    await connections_closed(list(server._listener.connections), 5 + IDLE_TIMEOUT)
+                    await connections_closed(list(server.listener.connections), 5 + IDLE_TIMEOUT)
                     await asyncio.wait_for(server.wait_idle(), 10)
                     assert server.live_sessions == 0
         finally:

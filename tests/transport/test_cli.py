@@ -10,8 +10,9 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from aiowt._loading import load_server
+from aiowt.cli import main
 from aiowt.transport import connect
-from aiowt.transport.cli import load_server, main
 from aiowt.transport.errors import UsageError
 from tests.conftest import bounded, start_echo_process
 

@@ -7,9 +7,10 @@ from typing import Any
 
 import pytest
 
+from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.middleware.chain import CallNext
-from aiowt.transport import HandshakeError, Rejected, Server, SessionContext, Stream
+from aiowt.transport import HandshakeError, Rejected, SessionContext, Stream
 from examples.echo import Echo
 from tests.conftest import bounded
 

@@ -1,8 +1,9 @@
 """`Server`: routes, the middleware chain and handler actors on top of the WebTransport endpoint.
 
-This module is the composition root: the only part of `aiowt.transport` that imports
-`aiowt.middleware` and `aiowt.actors`. Everything below it (protocol, session, endpoint)
-knows nothing about middleware or actors beyond the `on_request` callback.
+The composition root: the one module that puts the three layers together. The
+transport below knows nothing of middleware or actors beyond the `on_request`
+callback it calls with each valid CONNECT; this module matches the route, runs the
+route's chain (built once, at start) and, at its end, the route's handler actor.
 """
 
 from __future__ import annotations
@@ -11,26 +12,33 @@ import asyncio
 import contextlib
 import signal
 import time
-from collections.abc import Awaitable, Callable
+import types
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import structlog
 from aioquic.quic.configuration import QuicConfiguration
 
-from aiowt.middleware.chain import CallNext, Middleware, build_chain
+from aiowt.actors import Handler, run_session
+from aiowt.middleware import CallNext, Chain, Closable, Middleware, build_chain
+from aiowt.transport import (
+    CloseCode,
+    ConnectionLimits,
+    Key,
+    Rejected,
+    Session,
+    SessionClosedError,
+    SessionContext,
+    UsageError,
+    wait_close_delivered,
+)
+from aiowt.transport.endpoint import IncomingSession, Listener, listen, quic_configuration
+from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE
+from aiowt.transport.memory import connect_in_memory
+from aiowt.transport.tls import SelfSignedCertificate, generate_self_signed, load_into
 
-from ._protocol import IncomingSession, WebTransportProtocol
-from .codes import CloseCode
-from .context import Key, SessionContext
-from .endpoint import Listener, listen, quic_configuration
-from .errors import Rejected, SessionClosedError, UsageError
-from .framing import DEFAULT_MAX_MESSAGE_SIZE
-from .limits import ConnectionLimits
-from .memory import connect_in_memory
-from .router import Route, RouteGroup, Router
-from .session import Session
-from .tls import SelfSignedCertificate, generate_self_signed, load_into
+from .routing import Route, RouteGroup, Router
 
 __all__ = ["Server"]
 
@@ -85,10 +93,10 @@ class Server:
         self.connection_limits = connection_limits or ConnectionLimits()
         self._middleware: list[Middleware] = []
         self._router = Router()
-        self._chains: dict[str, CallNext] = {}
+        self._chains: dict[str, Chain] = {}
         self._listener: Listener | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._live: dict[Any, asyncio.Future[None]] = {}
+        self._live: dict[Session, asyncio.Future[None]] = {}
         self._stopped: asyncio.Event | None = None
         self._frozen = False
         self._memory_configuration: QuicConfiguration | None = None
@@ -109,6 +117,13 @@ class Server:
         self._check_not_frozen()
         self._cert_file, self._key_file = cert_file, key_file
 
+    @property
+    def certificate_files(self) -> tuple[str | Path, str | Path] | None:
+        """The PEM certificate chain and key files served, if any (else self-signed)."""
+        if self._cert_file is None or self._key_file is None:
+            return None
+        return self._cert_file, self._key_file
+
     # --- configuration -------------------------------------------------------------------------
     def use(self, *middleware: Middleware) -> Server:
         """Add global middleware, run before every route's own, in the order added."""
@@ -116,7 +131,7 @@ class Server:
         self._middleware.extend(middleware)
         return self
 
-    def route(self, pattern: str, handler: Any, *middleware: Middleware) -> Server:
+    def route(self, pattern: str, handler: type[Handler], *middleware: Middleware) -> Server:
         """Serve `pattern` (`/chat/{room}`, `/files/{path...}`) with a `Handler` subclass."""
         self._check_not_frozen()
         self._router.add(pattern, handler, tuple(middleware))
@@ -138,8 +153,27 @@ class Server:
         return self._listener.address
 
     @property
+    def listener(self) -> Listener:
+        """The listening endpoint (its `connections`); `UsageError` when not listening."""
+        if self._listener is None:
+            raise UsageError("the server is not listening")
+        return self._listener
+
+    @property
     def live_sessions(self) -> int:
+        """How many sessions are accepted and not yet ended."""
         return len(self._live)
+
+    @property
+    def sessions(self) -> tuple[Session, ...]:
+        """The live sessions, in the order they were accepted."""
+        return tuple(self._live)
+
+    @property
+    def chains(self) -> Mapping[str, Chain]:
+        """Route pattern → its built chain (global middleware, then the route's); empty
+        until the server starts."""
+        return types.MappingProxyType(self._chains)
 
     async def wait_idle(self) -> None:
         """Wait until no session is live (each one's middleware after-parts have run)."""
@@ -277,9 +311,8 @@ class Server:
             self._stopped.set()
         if listener is not None:
             listener.stop_accepting()
-        closing: dict[WebTransportProtocol, list[int]] = {}
-        for session in list(self._live):
-            closing.setdefault(session._protocol, []).append(session.session_id)
+        closing = list(self._live)
+        for session in closing:
             with contextlib.suppress(SessionClosedError):
                 session.close(CloseCode.GOING_AWAY, "server shutting down")
         waiting = list(self._live.values()) + list(self._tasks)
@@ -291,12 +324,7 @@ class Server:
                 await asyncio.wait(pending, timeout=1.0)
         # The close capsules must be acknowledged before CONNECTION_CLOSE overtakes them
         # (under a full congestion window they may not even have left yet).
-        await asyncio.gather(
-            *(
-                protocol.wait_delivered(ids, _CLOSE_DELIVERY_TIMEOUT)
-                for protocol, ids in closing.items()
-            )
-        )
+        await wait_close_delivered(closing, _CLOSE_DELIVERY_TIMEOUT)
         if listener is not None:
             listener.close()
         await self._close_middleware()
@@ -314,12 +342,11 @@ class Server:
             *self._middleware,
             *(m for r in self._router.routes() for m in r.middleware),
         ):
-            close = getattr(middleware, "aclose", None)
-            if close is None or id(middleware) in seen:
+            if not isinstance(middleware, Closable) or id(middleware) in seen:
                 continue
             seen.add(id(middleware))
             try:
-                await close()
+                await middleware.aclose()
             except Exception:
                 log.exception("middleware aclose failed", middleware=repr(middleware))
 
@@ -393,7 +420,7 @@ class Server:
                     await _call_hook(hook, ctx)
                 # Every log line inside the handler carries the session's ids.
                 with structlog.contextvars.bound_contextvars(**ctx.ids):
-                    failure = await run_handler(handler_class, ctx, session)
+                    failure = await run_session(handler_class, ctx, session)
             finally:
                 ctx.close_info = session.close_info
                 self._live.pop(session, None)
@@ -420,12 +447,3 @@ async def _call_hook(hook: SessionHook, ctx: SessionContext) -> None:
     result = hook(ctx)
     if result is not None:
         await result
-
-
-async def run_handler(
-    handler_class: Any, ctx: SessionContext, session: Any
-) -> BaseException | None:
-    """Start the handler actor for `session`, wait for it to stop, return its failure."""
-    from aiowt.actors._handler import run_session
-
-    return await run_session(handler_class, ctx, session)

@@ -2,7 +2,7 @@
 
 - `ActorScope`: start actors on the test's loop and stop them all afterwards
   (`async with ActorScope() as scope: ref = scope.start(Counter)`); the pytest plugin
-  `aiowt.actors.pytest_plugin` offers it as the `actor_scope` fixture.
+  `aiowt.pytest_plugin` offers it as the `actor_scope` fixture.
 - `handler_session(...)`: a client session to one handler actor through an in-memory
   QUIC connection (no sockets), with the real routing, middleware and wire format.
 - Hypothesis helpers: `schedules()` draws interleavings of concurrent senders, `run_schedule`
@@ -26,7 +26,11 @@ from hypothesis import note
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
-from aiowt.transport.session import Session
+from aiowt.actors import Handler
+from aiowt.middleware import Middleware
+from aiowt.transport import Session
+
+from .server import Server
 
 __all__ = [
     "ActorScope",
@@ -73,16 +77,14 @@ class ActorScope:
 
 @asynccontextmanager
 async def handler_session(
-    handler: type[Any],
+    handler: type[Handler],
     path: str = "/test",
     *,
     pattern: str | None = None,
-    middleware: Sequence[Any] = (),
+    middleware: Sequence[Middleware] = (),
     headers: list[tuple[str, str]] | None = None,
 ) -> AsyncIterator[Session]:
     """A client `Session` to `handler`, served in memory on route `pattern` (default `path`)."""
-    from aiowt.transport.server import Server
-
     server = Server()
     server.route(pattern or path, handler, *middleware)
     session = await server.connect_in_memory(path, headers=headers)

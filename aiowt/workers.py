@@ -29,7 +29,7 @@ Known limits:
   time out (there is no one left to send CONNECTION_CLOSE) and reconnect, landing on a
   live worker or on its replacement.
 
-Run directly as `python -m aiowt.transport.workers MODULE:ATTR --workers N`, or through
+Run directly as `python -m aiowt.workers MODULE:ATTR --workers N`, or through
 the CLI as `aiowt run MODULE:ATTR --workers N`.
 """
 
@@ -51,7 +51,10 @@ from typing import Any
 
 import structlog
 
-from .errors import UsageError
+from aiowt.transport import UsageError
+from aiowt.transport.tls import generate_self_signed, write_certificate
+
+from ._loading import load_server
 
 __all__ = ["Supervisor", "main", "run_worker", "supervise"]
 
@@ -122,7 +125,7 @@ class Supervisor:
         return [
             self.python,
             "-m",
-            "aiowt.transport.workers",
+            "aiowt.workers",
             "--worker",
             self.target,
             "--host",
@@ -233,12 +236,7 @@ def supervise(
     workers. Without `cert_file`/`key_file` one self-signed certificate is made and
     shared by every worker.
     """
-    from .cli import load_server
-    from .server import Server
-
     server = load_server(target)
-    if not isinstance(server, Server):
-        raise UsageError(f"{target} is a {type(server).__name__}, not an aiowt Server")
     if (cert_file is None) != (key_file is None):
         raise UsageError("--cert and --key go together")
     host = server.host if host is None else host
@@ -248,11 +246,9 @@ def supervise(
     with tempfile.TemporaryDirectory(prefix="aiowt-workers-") as tmp:
         banner_cert = ""
         if cert_file is None or key_file is None:
-            if server._cert_file is not None and server._key_file is not None:
-                cert_file, key_file = str(server._cert_file), str(server._key_file)
+            if server.certificate_files is not None:
+                cert_file, key_file = (str(path) for path in server.certificate_files)
             else:
-                from .tls import generate_self_signed, write_certificate
-
                 certificate = server.certificate or generate_self_signed()
                 cert_path, key_path = write_certificate(certificate, tmp)
                 cert_file, key_file = str(cert_path), str(key_path)
@@ -281,12 +277,7 @@ def supervise(
 
 def run_worker(target: str, host: str, port: int, cert_file: str, key_file: str) -> int:
     """One worker: serve `target` on the shared port until SIGINT/SIGTERM."""
-    from .cli import load_server
-    from .server import Server
-
     server = load_server(target)
-    if not isinstance(server, Server):
-        raise UsageError(f"{target} is a {type(server).__name__}, not an aiowt Server")
     server.host = host
     server.port = port
     server.reuse_port = True
@@ -314,7 +305,7 @@ def run_worker(target: str, host: str, port: int, cert_file: str, key_file: str)
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m aiowt.transport.workers",
+        prog="python -m aiowt.workers",
         description="serve MODULE:ATTR from N processes sharing the UDP port",
     )
     parser.add_argument("target", metavar="MODULE:ATTR")

@@ -46,19 +46,14 @@ import re
 import types
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Protocol
 from urllib.parse import unquote
 
-from .errors import UsageError
+from aiowt.actors import Handler
+from aiowt.middleware import Middleware
+from aiowt.transport.errors import UsageError
 
-if TYPE_CHECKING:
-    # Types only: the server is the one place in transport that imports middleware.
-    from aiowt.middleware.chain import Middleware
-
-__all__ = ["HandlerFactory", "Route", "RouteGroup", "RouteMatch", "RouteSink", "Router"]
-
-HandlerFactory = Any
-"""The handler of a route: for now any object (the server passes an actor class)."""
+__all__ = ["Route", "RouteGroup", "RouteMatch", "RouteSink", "Router"]
 
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
 _DOT_SEGMENTS = frozenset({".", ".."})
@@ -73,7 +68,7 @@ class Route:
     """
 
     pattern: str
-    handler: HandlerFactory
+    handler: type[Handler]
     middleware: tuple[Middleware, ...] = ()
 
 
@@ -102,16 +97,17 @@ class Router:
     def add(
         self,
         pattern: str,
-        handler: HandlerFactory,
+        handler: type[Handler],
         middleware: Sequence[Middleware] = (),
     ) -> Route:
         """Add a route for `pattern`, returning it; raises `UsageError` if it is invalid.
 
-        Invalid means: the router is frozen, the pattern does not start with ``/``,
-        has an empty or ``.``/``..`` segment before its end, a ``{``/``}`` that is not
-        a whole ``{name}``/``{name...}`` segment, a name that is not an identifier, a
-        name used twice, a ``{rest...}`` that is not last, or a ``?``/``#``; or another
-        route already has the same shape (``/a/{x}`` and ``/a/{y}`` collide).
+        Invalid means: the handler is not a `Handler` subclass, the router is frozen, the
+        pattern does not start with ``/``, has an empty or ``.``/``..`` segment before its
+        end, a ``{``/``}`` that is not a whole ``{name}``/``{name...}`` segment, a name
+        that is not an identifier, a name used twice, a ``{rest...}`` that is not last, or
+        a ``?``/``#``; or another route already has the same shape (``/a/{x}`` and
+        ``/a/{y}`` collide).
         """
         if self._frozen:
             raise UsageError(f"the router is frozen; cannot add {pattern!r}")
@@ -120,6 +116,11 @@ class Router:
         existing = self._shapes.get(shape)
         if existing is not None:
             raise UsageError(f"route {pattern!r} duplicates {existing.pattern!r}")
+        if not (isinstance(handler, type) and issubclass(handler, Handler)):
+            raise UsageError(
+                f"route {pattern!r}: the handler must be a Handler subclass"
+                f" (class Echo(Handler): ...), got {handler!r}"
+            )
         middleware = tuple(middleware)
         for mw in middleware:
             if not callable(mw):
@@ -186,7 +187,7 @@ class RouteSink(Protocol):
     """Where a `RouteGroup` adds its routes: a `Router`, or anything with its `add`."""
 
     def add(
-        self, pattern: str, handler: HandlerFactory, middleware: Sequence[Middleware] = ()
+        self, pattern: str, handler: type[Handler], middleware: Sequence[Middleware] = ()
     ) -> object: ...
 
 
@@ -222,7 +223,7 @@ class RouteGroup:
         """Middleware every route of this group gets, outermost first."""
         return self._middleware
 
-    def route(self, pattern: str, handler: HandlerFactory, *middleware: Middleware) -> RouteGroup:
+    def route(self, pattern: str, handler: type[Handler], *middleware: Middleware) -> RouteGroup:
         """Add ``prefix + pattern`` with the group's middleware, then `middleware`."""
         if pattern and not pattern.startswith("/"):
             raise UsageError(f"a route pattern in a group must start with '/', got {pattern!r}")

@@ -3,30 +3,16 @@
 from __future__ import annotations
 
 import argparse
-import importlib
-import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .errors import UsageError
+from aiowt.transport import UsageError
+from aiowt.transport.tls import generate_self_signed, write_certificate
 
-__all__ = ["load_server", "main"]
+from ._loading import load_server
+from .workers import supervise
 
-
-def load_server(target: str) -> object:
-    """Import `module:attribute` (like uvicorn) and return the attribute."""
-    module_name, _, attribute = target.partition(":")
-    if not module_name or not attribute:
-        raise UsageError(f"expected MODULE:ATTR, got {target!r}")
-    sys.path.insert(0, str(Path.cwd()))
-    module = importlib.import_module(module_name)
-    try:
-        obj = module
-        for part in attribute.split("."):
-            obj = getattr(obj, part)
-    except AttributeError as exc:
-        raise UsageError(f"{module_name} has no attribute {attribute!r}") from exc
-    return obj
+__all__ = ["main"]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -73,8 +59,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _cert(out: Path, days: int) -> int:
-    from .tls import generate_self_signed, write_certificate
-
     certificate = generate_self_signed(days=days)
     out.mkdir(parents=True, exist_ok=True)
     cert_path, key_path = write_certificate(certificate, out)
@@ -85,11 +69,7 @@ def _cert(out: Path, days: int) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .server import Server
-
     if args.workers != 1:
-        from .workers import supervise
-
         if args.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {args.workers}")
         return supervise(
@@ -102,8 +82,6 @@ def _run(args: argparse.Namespace) -> int:
         )
 
     server = load_server(args.target)
-    if not isinstance(server, Server):
-        raise UsageError(f"{args.target} is a {type(server).__name__}, not an aiowt Server")
     if (args.cert is None) != (args.key is None):
         raise UsageError("--cert and --key go together")
     if args.host is not None:

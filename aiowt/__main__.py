@@ -1,0 +1,5 @@
+"""`python -m aiowt ...` is the `aiowt` command."""
+
+from .cli import main
+
+raise SystemExit(main())
