@@ -10,21 +10,27 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pykka
 import structlog
 
-from aiowt.transport.codes import CloseCode
-from aiowt.transport.context import CloseInfo, SessionContext
-from aiowt.transport.errors import PeerError, SessionClosedError
-from aiowt.transport.framing import FrameDecoder, decode_message
-from aiowt.transport.session import Session, Stream
-
-from ._runtime import LoopActor
-from .messages import (
+from aiowt.transport import (
+    CloseCode,
+    CloseInfo,
+    PeerError,
+    Session,
+    SessionClosedError,
+    SessionContext,
+    Stream,
+)
+from aiowt.transport.events import (
     DatagramReceived,
+    InboundEvent,
     SessionClosed,
     SessionDraining,
     StreamDataReceived,
     StreamOpened,
     StreamReset,
 )
+from aiowt.transport.framing import FrameDecoder, decode_message
+
+from ._runtime import LoopActor
 
 if TYPE_CHECKING:
     from pykka._envelope import Envelope
@@ -51,8 +57,9 @@ class Handler(LoopActor):
     - By default `on_datagram` decodes one msgpack object per datagram and
       `on_stream_data` decodes length-prefixed msgpack frames, each handed to
       `on_message` (`stream` is `None` for a datagram). Override them for raw bytes.
-    - Any other message sent to the actor (by `tell`/`ask`, from rooms or other
-      actors) goes to pykka's `on_receive`.
+    - The hooks are fed by the session's events (`aiowt.transport.events`), which
+      arrive as the actor's messages. Any other message sent to the actor (by
+      `tell`/`ask`, from rooms or other actors) goes to pykka's `on_receive`.
 
     An exception in a hook closes this session with `CloseCode.INTERNAL_ERROR`, is
     logged, and is reported to the middleware chain; no other session notices.
@@ -155,11 +162,11 @@ class Handler(LoopActor):
 
     # --- dispatch and lifecycle ----------------------------------------------------------------
     def _handle_receive(self, message: Any) -> Any:
-        if type(message) in _TRANSPORT_EVENTS:
+        if type(message) in _INBOUND_EVENTS:
             return self._dispatch(message)
         return super()._handle_receive(message)
 
-    async def _dispatch(self, event: object) -> None:
+    async def _dispatch(self, event: InboundEvent) -> None:
         stream: Stream | None = None
         try:
             if isinstance(event, DatagramReceived):
@@ -226,7 +233,7 @@ class Handler(LoopActor):
                 self.session.close(CloseCode.INTERNAL_ERROR, "internal error")
 
 
-_TRANSPORT_EVENTS = frozenset(
+_INBOUND_EVENTS = frozenset(
     {
         DatagramReceived,
         StreamDataReceived,
@@ -238,60 +245,46 @@ _TRANSPORT_EVENTS = frozenset(
 )
 
 
-class _ActorListener:
-    """Turns a session's transport events into messages for its handler actor."""
+class _Inbox:
+    """A session's event sink: tells each inbound event to the session's handler actor."""
 
-    __slots__ = ("_put", "_session")
+    __slots__ = ("_session", "_tell")
 
     def __init__(self, ref: pykka.ActorRef[Any], session: Session) -> None:
-        self._put = ref.tell
+        self._tell = ref.tell
         self._session = session
 
-    def _tell(self, message: object) -> None:
+    def __call__(self, event: InboundEvent) -> None:
+        if isinstance(event, DatagramReceived | StreamDataReceived) and not self._admit(
+            len(event.data)
+        ):
+            return
         # The handler may have stopped already: late traffic has nowhere to go.
         with contextlib.suppress(pykka.ActorDeadError):
-            self._put(message)
+            self._tell(event)
 
-    def _tell_data(self, message: object, size: int) -> None:
+    def _admit(self, size: int) -> bool:
         # aioquic grants flow-control credit as data arrives, not as it is handled: this
         # is what keeps a peer faster than its handler from growing the inbox unbounded.
         session = self._session
         session.inbox_bytes += size
-        if session.inbox_bytes > session.max_inbox_bytes:
-            if not session.closed:
-                log.info("peer sends faster than its handler handles", queued=session.inbox_bytes)
-                session.close(
-                    CloseCode.RATE_LIMITED,
-                    f"more than {session.max_inbox_bytes} bytes received and not yet handled",
-                )
-            session.inbox_bytes -= size
-            return
-        self._tell(message)
-
-    def datagram_received(self, data: bytes) -> None:
-        self._tell_data(DatagramReceived(data), len(data))
-
-    def stream_opened(self, stream: Stream) -> None:
-        self._tell(StreamOpened(stream))
-
-    def stream_data_received(self, stream: Stream, data: bytes, end_stream: bool) -> None:
-        self._tell_data(StreamDataReceived(stream, data, end_stream), len(data))
-
-    def stream_reset(self, stream: Stream, code: int) -> None:
-        self._tell(StreamReset(stream, code))
-
-    def session_draining(self) -> None:
-        self._tell(SessionDraining())
-
-    def session_closed(self, info: CloseInfo) -> None:
-        self._tell(SessionClosed(info))
+        if session.inbox_bytes <= session.max_inbox_bytes:
+            return True
+        if not session.closed:
+            log.info("peer sends faster than its handler handles", queued=session.inbox_bytes)
+            session.close(
+                CloseCode.RATE_LIMITED,
+                f"more than {session.max_inbox_bytes} bytes received and not yet handled",
+            )
+        session.inbox_bytes -= size
+        return False
 
 
 def attach_handler(session: Session, ref: pykka.ActorRef[Any]) -> Handler:
     """Send `session`'s events to the handler actor `ref` (started for it); return it."""
     handler = ref._actor_weakref()
     assert isinstance(handler, Handler)  # its running task keeps it alive
-    session.attach(_ActorListener(ref, session))
+    session.attach(_Inbox(ref, session))
     return handler
 
 

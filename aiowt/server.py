@@ -410,9 +410,7 @@ class Server:
             ctx.session = session
             ctx.status = 200
             ctx.accepted_at = time.monotonic()
-            session.taps = tuple(ctx.taps)
-            for tap in session.taps:
-                tap.attached(session)
+            session.install_taps(ctx.taps)
             done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             self._live[session] = done
             try:

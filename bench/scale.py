@@ -39,8 +39,9 @@ class _Connection:
 
     def close_session(self, session: Any, code: int, reason: str) -> None:
         from aiowt.transport.context import CloseInfo
+        from aiowt.transport.events import SessionClosed
 
-        session._on_closed(CloseInfo(code, reason, False))
+        session._emit(SessionClosed(CloseInfo(code, reason, False)))
 
 
 def _handler_class(register: bool) -> type[Any]:

@@ -33,7 +33,15 @@ from aiowt.actors.sessions import Attach, Register, SessionRegistry, Unregister
 from aiowt.transport.codes import CloseCode
 from aiowt.transport.context import Key, SessionContext
 from aiowt.transport.errors import Rejected, UsageError
-from aiowt.transport.session import Session, SessionTap, Stream
+from aiowt.transport.events import (
+    DatagramReceived,
+    SessionAccepted,
+    SessionEvent,
+    StreamClosed,
+    StreamDataReceived,
+    StreamOpened,
+)
+from aiowt.transport.session import Session, SessionTap
 
 from .chain import CallNext
 
@@ -259,8 +267,10 @@ class _AttachTap(SessionTap):
         self._ref = ref
         self._session_id = session_id
 
-    def attached(self, session: Session) -> None:
-        tell_quietly(self._ref, Attach(self._session_id, session))
+    def observe(self, session: Session, event: SessionEvent) -> bool:
+        if type(event) is SessionAccepted:
+            tell_quietly(self._ref, Attach(self._session_id, session))
+        return True
 
 
 class MaxSessions:
@@ -375,12 +385,13 @@ class SessionBucket(SessionTap):
         self._tokens = tokens
         return False
 
-    def datagram_in(self, session: Session, size: int) -> bool:
-        return self.take() or self._excess(session, "datagram")
-
-    def stream_data_in(self, session: Session, stream: Stream, size: int) -> bool:
-        # A bare FIN carries no message.
-        return size == 0 or self.take() or self._excess(session, "stream")
+    def observe(self, session: Session, event: SessionEvent) -> bool:
+        if isinstance(event, DatagramReceived):
+            return self.take() or self._excess(session, "datagram")
+        if isinstance(event, StreamDataReceived):
+            # A bare FIN carries no message.
+            return not event.data or self.take() or self._excess(session, "stream")
+        return True
 
     def _excess(self, session: Session, kind: str) -> bool:
         self.dropped += 1
@@ -451,7 +462,16 @@ class _DepthTap(SessionTap):
         self._metrics = metrics
         self._open: set[int] = set()
 
-    def stream_opened(self, session: Session, stream: Stream) -> bool:
+    def observe(self, session: Session, event: SessionEvent) -> bool:
+        if isinstance(event, StreamOpened):
+            return self._opened(event.stream.stream_id)
+        if isinstance(event, StreamClosed):
+            # A set, not a counter: closes of streams we never counted (our own, refused
+            # ones) change nothing.
+            self._open.discard(event.stream.stream_id)
+        return True
+
+    def _opened(self, stream_id: int) -> bool:
         if len(self._open) >= self._limit:
             tell_quietly(
                 self._metrics,
@@ -462,13 +482,8 @@ class _DepthTap(SessionTap):
                 ),
             )
             return False
-        self._open.add(stream.stream_id)
+        self._open.add(stream_id)
         return True
-
-    def stream_closed(self, session: Session, stream: Stream) -> None:
-        # A set, not a counter: closes of streams we never counted (our own, refused
-        # ones) change nothing.
-        self._open.discard(stream.stream_id)
 
 
 class DepthGuard:

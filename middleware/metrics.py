@@ -56,7 +56,15 @@ from aiowt.actors.metrics import (
 )
 from aiowt.transport.context import SessionContext
 from aiowt.transport.errors import UsageError
-from aiowt.transport.session import Session, SessionTap, Stream
+from aiowt.transport.events import (
+    DatagramReceived,
+    DatagramSent,
+    SessionEvent,
+    StreamDataReceived,
+    StreamDataSent,
+    StreamOpened,
+)
+from aiowt.transport.session import Session, SessionTap
 
 from ._http import HttpRequest, HttpResponse, RouteHandler, ServesPages
 from .chain import CallNext
@@ -165,29 +173,24 @@ class TrafficTap(SessionTap):
             f"stream_bytes={self.stream_bytes_in}/{self.stream_bytes_out}>"
         )
 
-    def datagram_in(self, session: Session, size: int) -> bool:
-        self.datagrams_in += 1
-        self.datagram_bytes_in += size
+    def observe(self, session: Session, event: SessionEvent) -> bool:
+        if isinstance(event, DatagramReceived):
+            self.datagrams_in += 1
+            self.datagram_bytes_in += len(event.data)
+        elif isinstance(event, StreamDataReceived):
+            if event.data:
+                self.stream_frames_in += 1
+                self.stream_bytes_in += len(event.data)
+        elif isinstance(event, DatagramSent):
+            self.datagrams_out += 1
+            self.datagram_bytes_out += len(event.data)
+        elif isinstance(event, StreamDataSent):
+            if event.data:
+                self.stream_frames_out += 1
+                self.stream_bytes_out += len(event.data)
+        elif isinstance(event, StreamOpened):
+            self.streams_opened += 1
         return True
-
-    def datagram_out(self, session: Session, size: int) -> None:
-        self.datagrams_out += 1
-        self.datagram_bytes_out += size
-
-    def stream_opened(self, session: Session, stream: Stream) -> bool:
-        self.streams_opened += 1
-        return True
-
-    def stream_data_in(self, session: Session, stream: Stream, size: int) -> bool:
-        if size:
-            self.stream_frames_in += 1
-            self.stream_bytes_in += size
-        return True
-
-    def stream_data_out(self, session: Session, stream: Stream, size: int) -> None:
-        if size:
-            self.stream_frames_out += 1
-            self.stream_bytes_out += size
 
 
 class Metrics:

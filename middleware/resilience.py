@@ -34,7 +34,15 @@ from aiowt.actors.metrics import Inc
 from aiowt.transport.codes import CloseCode
 from aiowt.transport.context import SessionContext
 from aiowt.transport.errors import AiowtError, Rejected, SessionClosedError, UsageError
-from aiowt.transport.session import Session, SessionTap, Stream
+from aiowt.transport.events import (
+    DatagramReceived,
+    SessionAccepted,
+    SessionClosed,
+    SessionEvent,
+    StreamDataReceived,
+    StreamOpened,
+)
+from aiowt.transport.session import Session, SessionTap
 
 from .chain import CallNext
 from .limits import MetricsRef, _check_metrics, _check_seconds, _retry_after, report_rejection
@@ -245,12 +253,16 @@ class _LifetimeTap(SessionTap):
         self._plan = plan
         self._handles: list[asyncio.TimerHandle] = []
 
-    def attached(self, session: Session) -> None:
-        loop = asyncio.get_running_loop()
-        self._handles = [loop.call_later(delay, action, session) for delay, action in self._plan]
-
-    def closed(self, session: Session, info: object) -> None:
-        self.cancel()
+    def observe(self, session: Session, event: SessionEvent) -> bool:
+        kind = type(event)
+        if kind is SessionAccepted:
+            loop = asyncio.get_running_loop()
+            self._handles = [
+                loop.call_later(delay, action, session) for delay, action in self._plan
+            ]
+        elif kind is SessionClosed:
+            self.cancel()
+        return True
 
     def cancel(self) -> None:
         for handle in self._handles:
@@ -326,6 +338,10 @@ class SessionTimeoutWithWarning:
             )
 
 
+_INPUT = frozenset({DatagramReceived, StreamOpened, StreamDataReceived})
+"""What the peer sends, for `IdleTimeout`."""
+
+
 class _IdleTap(SessionTap):
     """One timer per session, re-armed lazily: activity only records the time."""
 
@@ -338,30 +354,19 @@ class _IdleTap(SessionTap):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._session: Session | None = None
 
-    def attached(self, session: Session) -> None:
-        self._loop = loop = asyncio.get_running_loop()
-        self._session = session
-        self._last = loop.time()
-        self._handle = loop.call_at(self._last + self._seconds, self._check)
-
-    def _touch(self) -> None:
-        if self._loop is not None:
-            self._last = self._loop.time()
-
-    def datagram_in(self, session: Session, size: int) -> bool:
-        self._touch()
+    def observe(self, session: Session, event: SessionEvent) -> bool:
+        kind = type(event)
+        if kind in _INPUT:
+            if self._loop is not None:
+                self._last = self._loop.time()
+        elif kind is SessionAccepted:
+            self._loop = loop = asyncio.get_running_loop()
+            self._session = session
+            self._last = loop.time()
+            self._handle = loop.call_at(self._last + self._seconds, self._check)
+        elif kind is SessionClosed:
+            self.cancel()
         return True
-
-    def stream_opened(self, session: Session, stream: Stream) -> bool:
-        self._touch()
-        return True
-
-    def stream_data_in(self, session: Session, stream: Stream, size: int) -> bool:
-        self._touch()
-        return True
-
-    def closed(self, session: Session, info: object) -> None:
-        self.cancel()
 
     def cancel(self) -> None:
         if self._handle is not None:

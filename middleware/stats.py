@@ -15,6 +15,7 @@ from aiowt.actors._service import ServiceHandle, ask, tell_quietly
 from aiowt.actors.metrics import AddGauge, Inc, MetricsCollector, TakeSnapshot
 from aiowt.transport.context import Key, SessionContext
 from aiowt.transport.errors import Rejected, UsageError
+from aiowt.transport.events import SessionAccepted, SessionEvent
 from aiowt.transport.session import Session, SessionTap
 
 from .chain import CallNext
@@ -68,13 +69,16 @@ class _AcceptTap(SessionTap):
         self._ref = ref
         self.accepted = False
 
-    def attached(self, session: Session) -> None:
+    def observe(self, session: Session, event: SessionEvent) -> bool:
+        if type(event) is not SessionAccepted:
+            return True
         self.accepted = True
         tell_quietly(self._ref, Inc(ACCEPTED_METRIC, help="Sessions accepted."))
         tell_quietly(
             self._ref,
             AddGauge(ACTIVE_METRIC, 1, help="Sessions accepted and not ended.", peak=PEAK_METRIC),
         )
+        return True
 
 
 class ConcurrencyStats:
@@ -147,8 +151,10 @@ class BandwidthCounter(SessionTap):
     def __repr__(self) -> str:
         return f"<BandwidthCounter in={self.bytes_in} out={self.bytes_out}>"
 
-    def attached(self, session: Session) -> None:
-        self._session = session
+    def observe(self, session: Session, event: SessionEvent) -> bool:
+        if type(event) is SessionAccepted:
+            self._session = session
+        return True
 
     @property
     def bytes_in(self) -> int:

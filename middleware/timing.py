@@ -30,6 +30,7 @@ import structlog
 
 from aiowt.transport.context import Key, SessionContext
 from aiowt.transport.errors import Rejected
+from aiowt.transport.events import SessionAccepted, SessionEvent
 from aiowt.transport.session import SessionTap
 
 from .chain import CallNext
@@ -239,12 +240,14 @@ class _OnAccept(SessionTap):
     def __init__(self, callback: Callable[[Session], None]) -> None:
         self._callback = callback
 
-    def attached(self, session: Session) -> None:
-        try:
-            self._callback(session)
-        except Exception:
-            # Reporting must never break a session the server has just accepted.
-            log.exception("on-accept callback failed", callback=repr(self._callback))
+    def observe(self, session: Session, event: SessionEvent) -> bool:
+        if type(event) is SessionAccepted:
+            try:
+                self._callback(session)
+            except Exception:
+                # Reporting must never break a session the server has just accepted.
+                log.exception("on-accept callback failed", callback=repr(self._callback))
+        return True
 
 
 def when_accepted(ctx: SessionContext, callback: Callable[[Session], None]) -> None:

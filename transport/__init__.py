@@ -24,7 +24,7 @@ from .errors import (
 )
 from .limits import ConnectionLimits
 from .request import ConnectRequest
-from .session import Session, SessionListener, SessionTap, Stream, wait_close_delivered
+from .session import Session, SessionTap, Stream, wait_close_delivered
 
 __all__ = [
     "AiowtError",
@@ -42,7 +42,6 @@ __all__ = [
     "Session",
     "SessionClosedError",
     "SessionContext",
-    "SessionListener",
     "SessionTap",
     "Stream",
     "StreamClosedError",

@@ -38,6 +38,7 @@ from aioquic.quic.events import (
     StreamReset,
 )
 
+from . import events
 from .capsule import MAX_CAPSULE_SIZE, CapsuleDecoder, CloseSession, DrainSession, encode_close
 from .codes import CloseCode
 from .context import CloseInfo
@@ -261,7 +262,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
         elif isinstance(event, DatagramReceived):
             session = self.sessions.get(event.stream_id)
             if session is not None:
-                session._on_datagram(event.data)
+                session._emit(events.DatagramReceived(event.data))
         elif isinstance(event, HeadersReceived):
             if self._quic.configuration.is_client:
                 waiter = self._response_waiters.pop(event.stream_id, None)
@@ -443,7 +444,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
                     self._finish_session(session, CloseInfo(capsule.code, capsule.reason, True))
                     return
                 if isinstance(capsule, DrainSession):
-                    session._on_draining()
+                    session._emit(events.SessionDraining())
         except PeerError as exc:
             self.close_session(session, exc.code, str(exc))
             return
@@ -484,7 +485,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
             # Answer the peer's close with our FIN on the CONNECT stream, as the draft asks.
             with contextlib.suppress(*_STREAM_GONE):
                 self.h3.send_data(session.session_id, b"", end_stream=True)
-        session._on_closed(info)
+        session._emit(events.SessionClosed(info))
         self._flush()
         if not self.sessions:
             self._arm_idle_timer()
@@ -522,7 +523,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
                 opened_locally=False,
             )
             self._streams[event.stream_id] = stream
-            if not session._on_stream_opened(stream):
+            if not session._emit(events.StreamOpened(stream)):
                 stream._send_open = False
                 stream.recv_open = False
                 self._refuse(event.stream_id, app_to_h3_code(0x2001))
@@ -533,7 +534,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
     def _deliver(self, stream: Stream, data: bytes, end_stream: bool) -> None:
         if not stream.recv_open:
             return
-        if not stream.session._on_stream_data(stream, data, end_stream):
+        if not stream.session._emit(events.StreamDataReceived(stream, data, end_stream)):
             stream.reset(0x2001)
             stream.stop(0x2001)
             self._maybe_forget(stream)
@@ -554,8 +555,8 @@ class WebTransportProtocol(QuicConnectionProtocol):
         session = stream.session
         if data:
             session.bytes_out += len(data)
-            for tap in session.taps:
-                tap.stream_data_out(session, stream, len(data))
+            if session.taps:
+                session._emit(events.StreamDataSent(stream, data, end_stream))
         self._quic.send_stream_data(stream.stream_id, data, end_stream)
         self._flush()
         if end_stream:
@@ -584,7 +585,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
         if isinstance(event, StreamReset):
             if stream.recv_open:
                 stream.recv_open = False
-                stream.session._on_stream_reset(stream, code)
+                stream.session._emit(events.StreamReset(stream, code))
         else:
             # aioquic already reset our send side in answer to STOP_SENDING.
             stream._send_closed()
@@ -609,7 +610,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
                 quic_stream = self._quic._streams.get(sid)
                 if quic_stream is not None and not quic_stream.receiver.is_finished:
                     self._discarded.add(sid)
-        stream.session._on_stream_finished(stream)
+        stream.session._emit(events.StreamClosed(stream))
 
     def send_buffer_size(self, stream: Stream) -> int:
         quic_stream = self._quic._streams.get(stream.stream_id)
@@ -674,8 +675,8 @@ class WebTransportProtocol(QuicConnectionProtocol):
             session.datagrams_dropped_out += 1
             return False
         session.bytes_out += len(data)
-        for tap in session.taps:
-            tap.datagram_out(session, len(data))
+        if session.taps:
+            session._emit(events.DatagramSent(data))
         self.h3.send_datagram(session.session_id, data)
         self._flush()
         return True

@@ -1,8 +1,9 @@
 """Transport-level sessions and streams, shared by server and client.
 
-A `Session` is one WebTransport session on one QUIC connection. Its traffic goes
-either to a `SessionListener` (the actor layer attaches one, so every event becomes a
-message for the session actor) or, with no listener, into bounded queues read with
+A `Session` is one WebTransport session on one QUIC connection. The protocol reports
+what happens to it as events (`aiowt.transport.events`): taps see each one first, then
+it goes to the session's sink (the actor layer attaches one, so every event becomes a
+message for the session's handler actor) or, with no sink, into bounded queues read with
 the pull API (`receive_datagram`, `accept_stream`, `Stream.read`), which is what the
 Python client uses. Writes are synchronous and never block the loop; `drain()` waits
 for a stream's send buffer to fall.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from .codes import CloseCode
 from .context import CloseInfo
@@ -23,6 +24,19 @@ from .errors import (
     StreamClosedError,
     UsageError,
     WriteBufferFull,
+)
+from .events import (
+    DatagramReceived,
+    EventSink,
+    InboundEvent,
+    SessionAccepted,
+    SessionClosed,
+    SessionDraining,
+    SessionEvent,
+    StreamClosed,
+    StreamDataReceived,
+    StreamOpened,
+    StreamReset,
 )
 from .framing import (
     DEFAULT_MAX_MESSAGE_SIZE,
@@ -36,52 +50,39 @@ from .request import ConnectRequest
 if TYPE_CHECKING:
     from ._protocol import WebTransportProtocol
 
-__all__ = ["Session", "SessionListener", "SessionTap", "Stream", "wait_close_delivered"]
-
-
-class SessionListener(Protocol):
-    """Receives a session's events, in order, on the event loop. Must not block."""
-
-    def datagram_received(self, data: bytes) -> None: ...
-    def stream_opened(self, stream: Stream) -> None: ...
-    def stream_data_received(self, stream: Stream, data: bytes, end_stream: bool) -> None: ...
-    def stream_reset(self, stream: Stream, code: int) -> None: ...
-    def session_draining(self) -> None: ...
-    def session_closed(self, info: CloseInfo) -> None: ...
+__all__ = ["Session", "SessionTap", "Stream", "wait_close_delivered"]
 
 
 class SessionTap:
-    """Sees a session's traffic at the transport, before any handler does.
+    """Sees every event of a session at the transport, before any handler does.
 
-    Middleware attach taps (rate limits, idle timers, byte counters). Every method is a
-    no-op by default; the inbound ones return False to drop a datagram or refuse a
-    stream. Taps run on the loop, synchronously, on the hot path: keep them cheap.
+    Middleware attach taps (rate limits, idle timers, byte counters) through
+    `SessionContext.taps`; the server hands them to the session when it accepts it, and
+    `SessionAccepted` is the first event they see. Taps run on the loop, synchronously,
+    in the order they were added, on the hot path: keep `observe` cheap.
     """
 
-    def attached(self, session: Session) -> None:
-        """The session was accepted; the tap may keep it to close it later."""
+    __slots__ = ()
 
-    def datagram_in(self, session: Session, size: int) -> bool:
+    def observe(self, session: Session, event: SessionEvent) -> bool:
+        """See `event`; return False to veto it.
+
+        A veto drops a `DatagramReceived`, refuses a `StreamOpened` and resets the stream
+        of a `StreamDataReceived` (stream bytes cannot be dropped piecemeal); taps after
+        the vetoing one do not see it. The result is ignored for every other event.
+        """
         return True
 
-    def stream_opened(self, session: Session, stream: Stream) -> bool:
-        return True
 
-    def stream_data_in(self, session: Session, stream: Stream, size: int) -> bool:
-        """Return False to reset the stream (stream data cannot be dropped piecemeal)."""
-        return True
-
-    def stream_closed(self, session: Session, stream: Stream) -> None:
-        """Both directions of a stream of this session ended (cleanly or not)."""
-
-    def datagram_out(self, session: Session, size: int) -> None:
-        pass
-
-    def stream_data_out(self, session: Session, stream: Stream, size: int) -> None:
-        pass
-
-    def closed(self, session: Session, info: CloseInfo) -> None:
-        pass
+_VETOABLE = (DatagramReceived, StreamOpened, StreamDataReceived)
+_INBOUND = (
+    DatagramReceived,
+    StreamOpened,
+    StreamDataReceived,
+    StreamReset,
+    SessionDraining,
+    SessionClosed,
+)
 
 
 class Stream:
@@ -177,7 +178,7 @@ class Stream:
             protocol.watch_drain(self)
             await self._drain_waiter
 
-    # --- receiving (pull API, when no listener is attached) ---------------------------
+    # --- receiving (pull API, when no sink is attached) -------------------------------
     async def read(self, max_bytes: int = -1) -> bytes:
         """The next bytes received; `b""` at the end of the stream.
 
@@ -291,6 +292,7 @@ class Session:
         "_max_datagram",
         "_protocol",
         "_release",
+        "_sink",
         "_waiters",
         "bytes_in",
         "bytes_out",
@@ -298,7 +300,6 @@ class Session:
         "datagrams_dropped",
         "datagrams_dropped_out",
         "inbox_bytes",
-        "listener",
         "max_inbox_bytes",
         "max_message_size",
         "request",
@@ -330,11 +331,11 @@ class Session:
         """Past this many bytes in `inbox_bytes`, the peer is sending faster than it is
         served and the session closes RATE_LIMITED."""
         self.inbox_bytes = 0
-        """Bytes received and handed to the listener (the handler actor's inbox), not yet
+        """Bytes received and handed to the sink (the handler actor's inbox), not yet
         handled: the actor layer counts them up and down, both on the loop."""
         self.streams: dict[int, Stream] = {}
         self.taps: tuple[SessionTap, ...] = ()
-        self.listener: SessionListener | None = None
+        self._sink: EventSink | None = None
         self.close_info: CloseInfo | None = None
         self.datagrams_dropped = 0
         """Inbound datagrams dropped because nobody read them (pull API only)."""
@@ -343,7 +344,7 @@ class Session:
         self.bytes_out = 0
         self._closed_waiter: asyncio.Future[CloseInfo] | None = None
         # The pull API's queues, made on first use: an empty deque costs 760 bytes, and a
-        # session with a listener attached (every server session) never uses them.
+        # session with a sink attached (every server session) never uses them.
         self._datagrams: collections.deque[bytes] | None = None
         self._incoming: collections.deque[Stream] | None = None
         self._waiters: list[asyncio.Future[None]] | None = None
@@ -376,23 +377,34 @@ class Session:
             self._closed_waiter = asyncio.get_running_loop().create_future()
         return await asyncio.shield(self._closed_waiter)
 
-    def attach(self, listener: SessionListener) -> None:
-        """Route every later event to `listener`, replaying anything already queued."""
-        self.listener = listener
+    def attach(self, sink: EventSink) -> None:
+        """Hand every later inbound event to `sink`, replaying anything already queued."""
+        self._sink = sink
         incoming, self._incoming = self._incoming, None
         for stream in incoming or ():
-            listener.stream_opened(stream)
+            sink(StreamOpened(stream))
         for stream in list(self.streams.values()):
             if stream._chunks or stream._eof:
                 data = b"".join(stream._chunks)
                 stream._chunks.clear()
                 stream.buffered = 0
-                listener.stream_data_received(stream, data, stream._eof)
+                sink(StreamDataReceived(stream, data, stream._eof))
         datagrams, self._datagrams = self._datagrams, None
         for data in datagrams or ():
-            listener.datagram_received(data)
+            sink(DatagramReceived(data))
         if self.close_info is not None:
-            listener.session_closed(self.close_info)
+            sink(SessionClosed(self.close_info))
+
+    def install_taps(self, taps: Iterable[SessionTap]) -> None:
+        """Show `taps` every event of this session from now on, `SessionAccepted` first.
+
+        The server calls it once, when it accepts the session; a second call raises
+        `UsageError` (a tap that missed the start of a session would count wrong).
+        """
+        if self.taps:
+            raise UsageError("this session's taps are already installed")
+        self.taps = tuple(taps)
+        self._emit(SessionAccepted())
 
     # --- sending ----------------------------------------------------------------------------
     def send_datagram(self, data: bytes) -> bool:
@@ -470,80 +482,72 @@ class Session:
         if self.close_info is not None:
             raise SessionClosedError(self.close_info.code, self.close_info.reason)
 
-    def _on_datagram(self, data: bytes) -> None:
-        self.bytes_in += len(data)
-        for tap in self.taps:
-            if not tap.datagram_in(self, len(data)):
-                return
-        if self.listener is not None:
-            self.listener.datagram_received(data)
-            return
-        datagrams = self._datagrams
-        if datagrams is None:
-            datagrams = self._datagrams = collections.deque()
-        elif len(datagrams) >= self.max_queued_datagrams:
-            datagrams.popleft()
-            self.datagrams_dropped += 1
-        datagrams.append(data)
-        self._wake()
+    def _emit(self, event: SessionEvent) -> bool:
+        """The protocol reports `event`: the taps see it, then the sink or the pull API.
 
-    def _on_stream_opened(self, stream: Stream) -> bool:
+        Returns False when a tap vetoed it (see `SessionTap.observe`); the protocol then
+        drops the datagram, or refuses or resets the stream.
+        """
+        if isinstance(event, DatagramReceived | StreamDataReceived):
+            self.bytes_in += len(event.data)
+        elif isinstance(event, SessionClosed):
+            if self.close_info is not None:
+                return True
+            self._closed(event.info)
+        elif isinstance(event, StreamReset):
+            event.stream._feed_reset(event.code)
+        elif (
+            isinstance(event, StreamClosed)
+            and self.streams.pop(event.stream.stream_id, None) is None
+        ):
+            return True
         for tap in self.taps:
-            if not tap.stream_opened(self, stream):
+            if not tap.observe(self, event) and isinstance(event, _VETOABLE):
                 return False
-        self.streams[stream.stream_id] = stream
-        if self.listener is not None:
-            self.listener.stream_opened(stream)
-        else:
+        if not isinstance(event, _INBOUND):
+            return True
+        if isinstance(event, StreamOpened):
+            self.streams[event.stream.stream_id] = event.stream
+        sink = self._sink
+        if sink is None:
+            self._queue(event)
+            return True
+        if isinstance(event, StreamDataReceived) and event.end_stream:
+            event.stream.recv_open = False
+        sink(event)
+        return True
+
+    def _queue(self, event: InboundEvent) -> None:
+        """With no sink: keep the event for the pull API and wake its readers."""
+        if isinstance(event, DatagramReceived):
+            datagrams = self._datagrams
+            if datagrams is None:
+                datagrams = self._datagrams = collections.deque()
+            elif len(datagrams) >= self.max_queued_datagrams:
+                datagrams.popleft()
+                self.datagrams_dropped += 1
+            datagrams.append(event.data)
+        elif isinstance(event, StreamOpened):
             if self._incoming is None:
                 self._incoming = collections.deque()
-            self._incoming.append(stream)
-            self._wake()
-        return True
-
-    def _on_stream_data(self, stream: Stream, data: bytes, end_stream: bool) -> bool:
-        self.bytes_in += len(data)
-        for tap in self.taps:
-            if not tap.stream_data_in(self, stream, len(data)):
-                return False
-        if self.listener is not None:
-            if end_stream:
-                stream.recv_open = False
-            self.listener.stream_data_received(stream, data, end_stream)
-        else:
-            stream._feed(data, end_stream)
-        return True
-
-    def _on_stream_reset(self, stream: Stream, code: int) -> None:
-        stream._feed_reset(code)
-        if self.listener is not None:
-            self.listener.stream_reset(stream, code)
-
-    def _on_stream_finished(self, stream: Stream) -> None:
-        if self.streams.pop(stream.stream_id, None) is not None:
-            for tap in self.taps:
-                tap.stream_closed(self, stream)
-
-    def _on_draining(self) -> None:
-        if self.listener is not None:
-            self.listener.session_draining()
-
-    def _on_closed(self, info: CloseInfo) -> None:
-        if self.close_info is not None:
+            self._incoming.append(event.stream)
+        elif isinstance(event, StreamDataReceived):
+            event.stream._feed(event.data, event.end_stream)
             return
+        elif not isinstance(event, SessionClosed):
+            return  # a reset already woke the stream's reader; draining is for handlers
+        self._wake()
+
+    def _closed(self, info: CloseInfo) -> None:
         self.close_info = info
         for stream in self.streams.values():
             stream._send_open = False
             stream.recv_open = False
             stream._wake()
             stream._wake_drain()
-        for tap in self.taps:
-            tap.closed(self, info)
         if self._closed_waiter is not None and not self._closed_waiter.done():
             self._closed_waiter.set_result(info)
         self._wake()
-        if self.listener is not None:
-            self.listener.session_closed(info)
 
     def _wake(self) -> None:
         # Datagram readers and stream acceptors wait side by side: wake them all.

@@ -41,6 +41,13 @@ from aiowt.middleware.stats import BANDWIDTH, Bandwidth, ConcurrencyStats
 from aiowt.transport.codes import CloseCode
 from aiowt.transport.context import CloseInfo, SessionContext
 from aiowt.transport.errors import Rejected, SessionClosedError, UsageError
+from aiowt.transport.events import (
+    DatagramReceived,
+    SessionAccepted,
+    StreamClosed,
+    StreamDataReceived,
+    StreamOpened,
+)
 from aiowt.transport.request import ConnectRequest
 from aiowt.transport.session import Session, Stream
 from tests.conftest import bounded
@@ -100,7 +107,7 @@ def accepting(
         ctx.session = cast(Session, session)
         ctx.status = 200
         for tap in ctx.taps:
-            tap.attached(cast(Session, session))
+            tap.observe(cast(Session, session), SessionAccepted())
         if during is not None:
             result = during(ctx, session)
             if asyncio.iscoroutine(result):
@@ -352,11 +359,13 @@ async def test_token_bucket_drops_the_excess_and_refills(
     def traffic(ctx: SessionContext, session: FakeSession) -> None:
         bucket = ctx.get(SESSION_BUCKET)
         s = cast(Session, session)
-        seen.extend(bucket.datagram_in(s, 10) for _ in range(5))  # burst 3: two dropped
+        seen.extend(bucket.observe(s, DatagramReceived(b"x" * 10)) for _ in range(5))  # burst 3
         clock.now += 1.0  # two tokens back
         stream = cast(Stream, FakeStream(0))
-        seen.append(bucket.stream_data_in(s, stream, 0))  # a bare FIN is free
-        seen.extend(bucket.stream_data_in(s, stream, 5) for _ in range(3))
+        seen.append(bucket.observe(s, StreamDataReceived(stream, b"", True)))  # a FIN is free
+        seen.extend(
+            bucket.observe(s, StreamDataReceived(stream, b"x" * 5, False)) for _ in range(3)
+        )
         assert bucket.dropped == 3
         assert session.closed_with is None  # drop mode never closes
 
@@ -372,8 +381,8 @@ async def test_token_bucket_close_mode_closes_with_rate_limited() -> None:
 
     def traffic(ctx: SessionContext, session: FakeSession) -> None:
         bucket = ctx.get(SESSION_BUCKET)
-        assert bucket.datagram_in(cast(Session, session), 1)
-        assert not bucket.datagram_in(cast(Session, session), 1)
+        assert bucket.observe(cast(Session, session), DatagramReceived(b"x"))
+        assert not bucket.observe(cast(Session, session), DatagramReceived(b"x"))
         assert session.closed_with == (CloseCode.RATE_LIMITED, "message rate limit exceeded")
 
     await TokenBucket(0.001, 1, on_excess="close", clock=clock)(make_ctx(), accepting(traffic))
@@ -386,7 +395,7 @@ async def test_token_buckets_are_per_session() -> None:
 
     def grab(ctx: SessionContext, session: FakeSession) -> None:
         buckets.append(ctx.get(SESSION_BUCKET))
-        assert buckets[-1].datagram_in(cast(Session, session), 1)
+        assert buckets[-1].observe(cast(Session, session), DatagramReceived(b"x"))
 
     await mw(make_ctx(), accepting(grab))
     await mw(make_ctx(), accepting(grab))
@@ -400,14 +409,14 @@ async def test_depth_guard_counts_open_peer_streams(
         (tap,) = ctx.taps
         s = cast(Session, session)
         streams = [cast(Stream, FakeStream(n)) for n in range(4)]
-        assert [tap.stream_opened(s, st) for st in streams[:3]] == [True, True, False]
-        tap.stream_closed(s, streams[2])  # the refused one: changes nothing
-        tap.stream_closed(s, cast(Stream, FakeStream(99)))  # never counted
-        assert not tap.stream_opened(s, streams[3])
-        tap.stream_closed(s, streams[0])
-        tap.stream_closed(s, streams[0])  # twice: still one slot freed
-        assert tap.stream_opened(s, streams[3])
-        assert not tap.stream_opened(s, streams[2])
+        assert [tap.observe(s, StreamOpened(st)) for st in streams[:3]] == [True, True, False]
+        tap.observe(s, StreamClosed(streams[2]))  # the refused one: changes nothing
+        tap.observe(s, StreamClosed(cast(Stream, FakeStream(99))))  # never counted
+        assert not tap.observe(s, StreamOpened(streams[3]))
+        tap.observe(s, StreamClosed(streams[0]))
+        tap.observe(s, StreamClosed(streams[0]))  # twice: still one slot freed
+        assert tap.observe(s, StreamOpened(streams[3]))
+        assert not tap.observe(s, StreamOpened(streams[2]))
 
     await DepthGuard(2, metrics=metrics)(make_ctx(), accepting(traffic))
     snap = await ask(metrics, TakeSnapshot())

@@ -19,6 +19,13 @@ from aiowt.middleware._http import HttpEndpoint, HttpRequest, HttpResponse
 from aiowt.middleware.chain import CallNext
 from aiowt.middleware.metrics import Metrics, PrometheusMetrics, TrafficTap
 from aiowt.transport import HandshakeError, Rejected, SessionContext, UsageError
+from aiowt.transport.events import (
+    DatagramReceived,
+    DatagramSent,
+    StreamDataReceived,
+    StreamDataSent,
+    StreamOpened,
+)
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, Unwound, bounded
 
@@ -235,12 +242,12 @@ def test_traffic_tap_counts() -> None:
     tap = TrafficTap()
     session: Any = None
     stream: Any = None
-    assert tap.datagram_in(session, 5)
-    tap.datagram_out(session, 7)
-    assert tap.stream_opened(session, stream)
-    assert tap.stream_data_in(session, stream, 11)
-    assert tap.stream_data_in(session, stream, 0)  # a bare FIN is not a frame
-    tap.stream_data_out(session, stream, 13)
+    assert tap.observe(session, DatagramReceived(b"x" * 5))
+    tap.observe(session, DatagramSent(b"x" * 7))
+    assert tap.observe(session, StreamOpened(stream))
+    assert tap.observe(session, StreamDataReceived(stream, b"x" * 11, False))
+    assert tap.observe(session, StreamDataReceived(stream, b"", True))  # a bare FIN: no frame
+    tap.observe(session, StreamDataSent(stream, b"x" * 13, False))
     assert (tap.datagrams_in, tap.datagram_bytes_in, tap.datagrams_out) == (1, 5, 1)
     assert (tap.stream_frames_in, tap.stream_bytes_in, tap.stream_bytes_out) == (1, 11, 13)
     assert tap.streams_opened == 1
