@@ -1,10 +1,20 @@
-"""aiowt.actors: loop-native pykka actors, session handler actors and shared services.
+"""aiowt.actors: loop-native pykka actors, the session handler actor, the shared services.
 
 - The runtime: `LoopActor` (a pykka actor that is an asyncio task) and `LoopFuture`.
-- `Handler`: the per-session actor users subclass.
-- Shared services (`Service` subclasses, reached only by messages): `RateLimitRegistry`,
-  `SessionRegistry`, `CircuitBreaker`, `MetricsCollector`.
+- `Handler`: the per-session actor users subclass (`run_session` runs one).
+- The service kit: `Service` (a supervised actor answering `@handles` messages),
+  `Request`, `ask`, `ask_future`, `tell_quietly`, `ServiceHandle`, `UnknownMessage`.
+- The shared services, each the one owner of its state: `MetricsCollector`,
+  `RateLimitRegistry`, `SessionRegistry`, `Breaker`, `RoomManager`, bundled per server
+  as `Services`; and `OutboundChannel`, a session's slow-consumer policy.
+
+Each service's messages are reached through its module (`aiowt.actors.metrics.Inc`,
+`aiowt.actors.sessions.Register`, ...); the metrics aiowt reports are listed in
+`aiowt.actors.metric_names`.
 """
+
+import importlib
+import warnings
 
 from ._handler import Handler, run_session
 from ._runtime import BlockingGetOnLoopError, LoopActor, LoopFuture, NoRunningLoopError
@@ -18,104 +28,85 @@ from ._service import (
     handles,
     tell_quietly,
 )
-from .breaker import (
-    Admission,
-    Admit,
-    BreakerState,
-    BreakerStatus,
-    CircuitBreaker,
-    GetBreakerStatus,
-    ResetBreaker,
-    SessionFailed,
-    SessionNotRun,
-    SessionSucceeded,
-    validate_breaker_settings,
-)
-from .metrics import (
-    DEFAULT_BUCKETS,
-    OVERFLOW_LABELS,
-    AddGauge,
-    HistogramValue,
-    Inc,
-    LabelSet,
-    MetricFamily,
-    MetricsCollector,
-    MetricsSnapshot,
-    Observe,
-    SetGauge,
-    TakeSnapshot,
-    label_set,
-)
-from .ratelimit import Acquire, CountHolders, HolderCounts, RateLimitRegistry, Release
-from .sessions import (
-    Attach,
-    Broadcast,
-    BroadcastExcept,
-    CountSessions,
-    Delivery,
-    ListSessions,
-    LookupSession,
-    Multicast,
-    Register,
-    SessionInfo,
-    SessionRegistry,
-    Unregister,
-)
+from .breaker import Breaker
+from .metrics import MetricsCollector
+from .outbound import OutboundChannel
+from .ratelimit import RateLimitRegistry
+from .rooms import RoomManager
+from .services import Services
+from .sessions import SessionRegistry
 
 __all__ = [
-    "DEFAULT_BUCKETS",
-    "OVERFLOW_LABELS",
-    "Acquire",
-    "AddGauge",
-    "Admission",
-    "Admit",
-    "Attach",
     "BlockingGetOnLoopError",
-    "BreakerState",
-    "BreakerStatus",
-    "Broadcast",
-    "BroadcastExcept",
-    "CircuitBreaker",
-    "CountHolders",
-    "CountSessions",
-    "Delivery",
-    "GetBreakerStatus",
+    "Breaker",
     "Handler",
-    "HistogramValue",
-    "HolderCounts",
-    "Inc",
-    "LabelSet",
-    "ListSessions",
-    "LookupSession",
     "LoopActor",
     "LoopFuture",
-    "MetricFamily",
     "MetricsCollector",
-    "MetricsSnapshot",
-    "Multicast",
     "NoRunningLoopError",
-    "Observe",
+    "OutboundChannel",
     "RateLimitRegistry",
-    "Register",
-    "Release",
     "Request",
-    "ResetBreaker",
+    "RoomManager",
     "Service",
     "ServiceHandle",
-    "SessionFailed",
-    "SessionInfo",
-    "SessionNotRun",
+    "Services",
     "SessionRegistry",
-    "SessionSucceeded",
-    "SetGauge",
-    "TakeSnapshot",
     "UnknownMessage",
-    "Unregister",
     "ask",
     "ask_future",
     "handles",
-    "label_set",
     "run_session",
     "tell_quietly",
-    "validate_breaker_settings",
 ]
+
+# Names this package exported before its surface was narrowed: each still works, from
+# the module that defines it, with a DeprecationWarning.
+_MOVED = {
+    **dict.fromkeys(
+        (
+            "DEFAULT_BUCKETS", "OVERFLOW_LABELS", "AddGauge", "HistogramValue", "Inc",
+            "LabelSet", "MetricFamily", "MetricsSnapshot", "Observe", "SetGauge",
+            "TakeSnapshot", "label_set",
+        ),
+        "aiowt.actors.metrics",
+    ),
+    **dict.fromkeys(
+        (
+            "Admission", "Admit", "BreakerState", "BreakerStatus", "GetBreakerStatus",
+            "ResetBreaker", "SessionFailed", "SessionNotRun", "SessionSucceeded",
+            "validate_breaker_settings",
+        ),
+        "aiowt.actors.breaker",
+    ),
+    **dict.fromkeys(
+        (
+            "Attach", "Broadcast", "BroadcastExcept", "CountSessions", "Delivery",
+            "ListSessions", "LookupSession", "Multicast", "Register", "SessionInfo",
+            "Unregister",
+        ),
+        "aiowt.actors.sessions",
+    ),
+    **dict.fromkeys(
+        ("Acquire", "CountHolders", "HolderCounts", "Release"), "aiowt.actors.ratelimit"
+    ),
+    **dict.fromkeys(
+        (
+            "DatagramReceived", "SessionClosed", "SessionDraining", "StreamDataReceived",
+            "StreamOpened", "StreamReset",
+        ),
+        "aiowt.transport.events",
+    ),
+}  # fmt: skip
+
+
+def __getattr__(name: str) -> object:
+    if name == "CircuitBreaker":
+        new, value = "aiowt.actors.Breaker", Breaker
+    elif name in _MOVED:
+        new = f"{_MOVED[name]}.{name}"
+        value = getattr(importlib.import_module(_MOVED[name]), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(f"aiowt.actors.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=2)
+    return value

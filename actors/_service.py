@@ -176,20 +176,22 @@ def tell_quietly(ref: ActorRef[Any] | None, message: object) -> bool:
 
 
 class ServiceHandle(Generic[S]):
-    """The service a middleware talks to: the ref it was given, or one it starts itself.
+    """The service a middleware talks to: the ref it was given, its server's, or its own.
 
-    A given ref is used as is and never stopped by the middleware. Without one, the
-    service is started by `factory` on first use, on the running loop (a `LoopActor`
-    needs one), and started again if it has stopped since (for instance because the
-    loop it ran on is gone); `stop()` stops it.
+    In that order. A given ref is used as is and never stopped by the middleware; a
+    server hands its own (its `Services`) through `bind`. With neither (a middleware
+    used on its own, as in a unit test), the service is started by `factory` on first
+    use, on the running loop (a `LoopActor` needs one), and started again if it has
+    stopped since (for instance because the loop it ran on is gone); `stop()` stops it.
     """
 
-    __slots__ = ("_factory", "_given", "_own", "what")
+    __slots__ = ("_bound", "_factory", "_given", "_own", "what")
 
     def __init__(self, given: ActorRef[S] | None, factory: Callable[[], ActorRef[S]], what: str):
         if given is not None and not isinstance(given, pykka.ActorRef):
             raise UsageError(f"{what} must be a pykka ActorRef (Service.start() returns one)")
         self._given = given
+        self._bound: ActorRef[S] | None = None
         self._factory = factory
         self._own: ActorRef[S] | None = None
         self.what = what
@@ -197,20 +199,33 @@ class ServiceHandle(Generic[S]):
     def __repr__(self) -> str:
         if self._given is not None:
             return f"ServiceHandle({self.what}, given)"
+        if self._bound is not None:
+            return f"ServiceHandle({self.what}, the server's)"
         state = "started" if self._own is not None and self._own.is_alive() else "not started"
         return f"ServiceHandle({self.what}, {state})"
 
     @property
+    def given(self) -> bool:
+        """True when the middleware was given its ref explicitly."""
+        return self._given is not None
+
+    @property
     def started(self) -> ActorRef[S] | None:
         """The ref in use, if there is one yet (never starts anything)."""
-        if self._given is not None:
-            return self._given
-        return self._own
+        return self._given or self._bound or self._own
+
+    def bind(self, ref: ActorRef[S]) -> None:
+        """Use `ref` (a server's service) unless a ref was given explicitly."""
+        if not isinstance(ref, pykka.ActorRef):
+            raise UsageError(f"{self.what} must be a pykka ActorRef, got {ref!r}")
+        self._bound = ref
 
     def ref(self) -> ActorRef[S]:
         """The service's ref, starting it if this handle owns it and it is not running."""
         if self._given is not None:
             return self._given
+        if self._bound is not None:
+            return self._bound
         own = self._own
         if own is None or not own.is_alive():
             if own is not None:

@@ -1,4 +1,6 @@
-"""`CircuitBreaker`: closed, open, half-open, driven by session outcomes.
+"""`Breaker`: a circuit breaker actor, closed, open, half-open, driven by session outcomes.
+
+(The `CircuitBreaker` middleware in `aiowt.middleware` is its gate on the handshake.)
 
 The rules, all evaluated when a message is handled, against the injected `clock`:
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 import enum
 import math
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,14 +39,15 @@ import structlog
 from aiowt.transport.errors import UsageError
 
 from ._service import Request, Service, handles, tell_quietly
+from .metric_names import BREAKER_FAILURES, BREAKER_STATE, BREAKER_TRANSITIONS
 from .metrics import Inc, MetricsCollector, SetGauge
 
 __all__ = [
     "Admission",
     "Admit",
+    "Breaker",
     "BreakerState",
     "BreakerStatus",
-    "CircuitBreaker",
     "GetBreakerStatus",
     "ResetBreaker",
     "SessionFailed",
@@ -54,23 +58,13 @@ __all__ = [
 
 log = structlog.get_logger("aiowt.actors")
 
-STATE_METRIC = "aiowt_circuit_state"
-TRANSITIONS_METRIC = "aiowt_circuit_transitions_total"
-
 
 class BreakerState(enum.Enum):
-    """The circuit's state; `.code` is its gauge value (0 closed, 1 open, 2 half-open)."""
+    """The circuit's state."""
 
     CLOSED = "closed"
     OPEN = "open"
     HALF_OPEN = "half_open"
-
-    @property
-    def code(self) -> int:
-        return _CODES[self]
-
-
-_CODES = {BreakerState.CLOSED: 0, BreakerState.OPEN: 1, BreakerState.HALF_OPEN: 2}
 
 
 # --- messages -----------------------------------------------------------------------------
@@ -139,13 +133,14 @@ class BreakerStatus:
 # --- the actor ----------------------------------------------------------------------------
 
 
-class CircuitBreaker(Service):
+class Breaker(Service):
     """The circuit breaker actor. Messages: `Admit`, `SessionSucceeded`, `SessionFailed`,
     `SessionNotRun`, `GetBreakerStatus`, `ResetBreaker`.
 
     `clock` (default `time.monotonic`) is called once per message; tests inject a fake
-    one. With `metrics`, every state change is reported: gauge `aiowt_circuit_state`
-    and counter `aiowt_circuit_transitions_total`, labelled with `name`.
+    one. With `metrics`, it reports to the collector (labelled with `name`): its state
+    (gauge ``aiowt_circuit_breaker_state{state}``, 1 for the current state), its
+    transitions and the failures in its window (`aiowt.actors.metric_names`).
     """
 
     def __init__(
@@ -229,6 +224,8 @@ class CircuitBreaker(Service):
             self._forget_old_failures(now)
             if len(self._failures) >= self.threshold:
                 self._open(now)
+            else:
+                self._report_failures()
         return self._state
 
     @handles(SessionNotRun)
@@ -295,19 +292,19 @@ class CircuitBreaker(Service):
         log.info("circuit state changed", breaker=self.name, old=self._state.value, new=state.value)
         self._state = state
         labels = {"breaker": self.name, "to": state.value}
-        tell_quietly(self._metrics, Inc(TRANSITIONS_METRIC, labels=labels))
+        tell_quietly(self._metrics, Inc(BREAKER_TRANSITIONS.name, labels=labels))
         self._report_state()
 
     def _report_state(self) -> None:
-        tell_quietly(
-            self._metrics,
-            SetGauge(
-                STATE_METRIC,
-                self._state.code,
-                labels={"breaker": self.name},
-                help="Circuit breaker state: 0 closed, 1 open, 2 half-open.",
-            ),
-        )
+        for state in BreakerState:
+            current = 1 if state is self._state else 0
+            labels = {"breaker": self.name, "state": state.value}
+            tell_quietly(self._metrics, SetGauge(BREAKER_STATE.name, current, labels))
+        self._report_failures()
+
+    def _report_failures(self) -> None:
+        labels = {"breaker": self.name}
+        tell_quietly(self._metrics, SetGauge(BREAKER_FAILURES.name, len(self._failures), labels))
 
 
 def validate_breaker_settings(
@@ -346,3 +343,15 @@ def _positive_number(name: str, value: object) -> None:
         or value <= 0
     ):
         raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
+
+
+def __getattr__(name: str) -> object:
+    if name == "CircuitBreaker":
+        warnings.warn(
+            "aiowt.actors.breaker.CircuitBreaker is deprecated; use Breaker (the middleware"
+            " that gates handshakes on it is aiowt.middleware.CircuitBreaker)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return Breaker
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,9 @@ collector; nothing else keeps a shared counter. Reading is by `TakeSnapshot()`, 
 returns an immutable `MetricsSnapshot` that is easy to walk (the Prometheus exposition
 renders from it): family name -> kind, help, series {label set -> value}.
 
+The metrics aiowt itself reports are declared in `aiowt.actors.metric_names` (names,
+labels, help texts); the collector fills in their help from there.
+
 Label sets are bounded: each metric keeps at most `max_series` distinct label sets;
 samples for further ones fold into the series `{"overflow": "true"}` and are counted in
 the family's `overflowed`. A metric name is created by its first sample, with the kind
@@ -24,6 +27,7 @@ from typing import Literal
 from aiowt.transport.errors import UsageError
 
 from ._service import Request, Service, handles
+from .metric_names import CATALOGUE
 
 __all__ = [
     "DEFAULT_BUCKETS",
@@ -96,8 +100,9 @@ class SetGauge:
 class AddGauge:
     """Add `delta` (may be negative) to gauge `name`.
 
-    With `peak` set, gauge `peak` (same labels) is raised to the new value if that is
-    higher: a high-water mark kept exactly, because both change in one message.
+    With `peak` set, gauge `peak` (no labels) is raised to the total of `name` over all
+    its label sets, if that is higher: the family's high-water mark, kept exactly
+    because both change in one message.
     """
 
     name: str
@@ -263,7 +268,7 @@ class MetricsCollector(Service):
         plan = self._plan(message.name, "gauge", message.labels, message.help)
         peak_plan = None
         if message.peak is not None:
-            peak_plan = self._plan(message.peak, "gauge", message.labels, "")
+            peak_plan = self._plan(message.peak, "gauge", None, "")
             if message.peak == message.name:
                 raise UsageError("a gauge cannot be its own peak")
             if plan.new and peak_plan.new and len(self._families) + 2 > self.max_metrics:
@@ -271,14 +276,14 @@ class MetricsCollector(Service):
         family, key = self._commit(plan)
         current = family.series.get(key, 0)
         assert not isinstance(current, _Histogram)
-        new = current + delta
-        family.series[key] = new
+        family.series[key] = current + delta
         if peak_plan is not None:
+            total = sum(v for v in family.series.values() if not isinstance(v, _Histogram))
             peak, peak_key = self._commit(peak_plan)
             old_peak = peak.series.get(peak_key)
             assert not isinstance(old_peak, _Histogram)
-            if old_peak is None or new > old_peak:
-                peak.series[peak_key] = new
+            if old_peak is None or total > old_peak:
+                peak.series[peak_key] = total
 
     @handles(Observe)
     def _observe(self, message: Observe) -> None:
@@ -335,8 +340,9 @@ class MetricsCollector(Service):
         """The family (created if new) and the series key (folded if over the cap)."""
         family = self._families.get(plan.name)
         if family is None:
+            spec = CATALOGUE.get(plan.name)
             family = self._families[plan.name] = _Family(
-                plan.name, plan.kind, plan.help, plan.bounds
+                plan.name, plan.kind, plan.help or (spec.help if spec else ""), plan.bounds
             )
         elif plan.help and not family.help:
             family.help = plan.help

@@ -20,8 +20,8 @@ from typing import Any
 import structlog
 from aioquic.quic.configuration import QuicConfiguration
 
-from aiowt.actors import Handler, run_session
-from aiowt.middleware import CallNext, Chain, Closable, Middleware, build_chain
+from aiowt.actors import Handler, Services, run_session
+from aiowt.middleware import CallNext, Chain, Closable, Middleware, UsesServices, build_chain
 from aiowt.transport import (
     CloseCode,
     ConnectionLimits,
@@ -59,6 +59,10 @@ class Server:
     Middleware run in the order of seed 000: global `use()` in the order added, then the
     route's, then the handler; code after `await call_next(ctx)` runs when the session
     ends. The chain is built once, when the server starts, and frozen after.
+
+    The server's shared actors (`Services`: the metrics collector, the rate-limit and
+    session registries) are started with it, unless `services` are given, and handed to
+    every middleware that uses them (`UsesServices`) before the first session.
     """
 
     def __init__(
@@ -76,6 +80,7 @@ class Server:
         shutdown_timeout: float = 10.0,
         reuse_port: bool = False,
         connection_limits: ConnectionLimits | None = None,
+        services: Services | None = None,
     ) -> None:
         if (cert_file is None) != (key_file is None):
             raise UsageError("give both cert_file and key_file, or neither")
@@ -91,6 +96,11 @@ class Server:
         self.shutdown_timeout = shutdown_timeout
         self.reuse_port = reuse_port
         self.connection_limits = connection_limits or ConnectionLimits()
+        if services is not None and not isinstance(services, Services):
+            raise UsageError(f"services must be aiowt.actors.Services, got {services!r}")
+        self._given_services = services
+        self._services: Services | None = None
+        self._running = False
         self._middleware: list[Middleware] = []
         self._router = Router()
         self._chains: dict[str, Chain] = {}
@@ -153,6 +163,14 @@ class Server:
         return self._listener.address
 
     @property
+    def services(self) -> Services:
+        """The shared actors this server hands its middleware (started with the server)."""
+        services = self._services or self._given_services
+        if services is None:
+            raise UsageError("the server's services start with it; start the server first")
+        return services
+
+    @property
     def listener(self) -> Listener:
         """The listening endpoint (its `connections`); `UsageError` when not listening."""
         if self._listener is None:
@@ -182,7 +200,8 @@ class Server:
 
     # --- running -------------------------------------------------------------------------------
     def _prepare(self) -> QuicConfiguration:
-        """Freeze routes and middleware, build the chains once, load the certificate."""
+        """Freeze routes and middleware, build the chains once, start and hand out the
+        services, load the certificate."""
         if not self._frozen:
             self._frozen = True
             self._router.freeze()
@@ -191,6 +210,10 @@ class Server:
                 self._chains[route.pattern] = build_chain(
                     (*self._middleware, *route.middleware), self._terminal_for(route)
                 )
+        if self._services is None:
+            self._services = self._given_services or Services.start()
+            self._hand_out_services(self._services)
+        self._running = True
         configuration = quic_configuration(is_client=False, idle_timeout=self.idle_timeout)
         if self._cert_file is not None and self._key_file is not None:
             configuration.load_cert_chain(self._cert_file, self._key_file)
@@ -199,6 +222,18 @@ class Server:
                 self.certificate = generate_self_signed()
             load_into(configuration, self.certificate.cert_pem, self.certificate.key_pem)
         return configuration
+
+    def _hand_out_services(self, services: Services) -> None:
+        """Give the services to each middleware that uses them, named by its place."""
+        placed: dict[int, tuple[str, Middleware]] = {}
+        for index, middleware in enumerate(self._middleware):
+            placed.setdefault(id(middleware), (f"use[{index}]", middleware))
+        for route in self._router.routes():
+            for index, middleware in enumerate(route.middleware):
+                placed.setdefault(id(middleware), (f"{route.pattern}[{index}]", middleware))
+        for name, middleware in placed.values():
+            if isinstance(middleware, UsesServices):
+                middleware.use_services(services, name)
 
     async def start(self) -> None:
         """Bind, build the chains, and begin accepting. Returns once listening."""
@@ -305,8 +340,10 @@ class Server:
         """
         listener = self._listener
         self._listener = None
-        if listener is None and not self._live and not self._tasks:
+        if not self._running:
             return
+        self._running = False
+        self._memory_configuration = None
         if self._stopped is not None:
             self._stopped.set()
         if listener is not None:
@@ -333,6 +370,9 @@ class Server:
                 await _call_startup_hook(hook)
             except Exception:
                 log.exception("on_shutdown hook failed")
+        services, self._services = self._services, None
+        if services is not None and services is not self._given_services:
+            await services.stop()
         log.info("stopped")
 
     async def _close_middleware(self) -> None:

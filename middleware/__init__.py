@@ -7,8 +7,19 @@ small classes. Constants (metric names, typed context keys) stay in their module
 
 from . import stacks
 from .auth import BasicAuth, BearerAuth, QueryAuth, RequireKey, StaticTokens, secrets_equal
-from .chain import CallNext, Chain, Closable, Middleware, build_chain, middleware_name
+from .chain import (
+    CallNext,
+    Chain,
+    Closable,
+    Middleware,
+    UsesServices,
+    build_chain,
+    middleware_name,
+)
 from .compress import Compress, Compressor
+from .control import ErrorHandler, If
+from .extract import ExtractHeader, ExtractHeaders, SessionData
+from .headers import PoweredBy, RequireHeader
 from .limits import (
     DepthGuard,
     MaxSessions,
@@ -17,24 +28,16 @@ from .limits import (
     RouteRateLimit,
     TokenBucket,
 )
-from .logging import AccessLog, DefaultLogger, JsonAccessLog, LogContext, Logger
+from .logging import AccessLog, JsonAccessLog, LogContext, Logger
 from .metrics import Metrics, PrometheusMetrics
 from .network import CORS, BlockUserAgent, ClientIP, IPAllowList, IPBlockList, RequireUserAgent
-from .request import (
-    ErrorHandler,
-    ExtractHeader,
-    ExtractHeaders,
-    If,
-    PoweredBy,
-    RequestID,
-    RequireHeader,
-    SessionData,
-    Subprotocols,
-)
+from .record import SessionRecord
+from .request_id import RequestID
 from .resilience import CircuitBreaker, IdleTimeout, Recover, SessionTimeoutWithWarning, Timeout
 from .stats import Bandwidth, ConcurrencyStats
 from .status import HealthCheck, Status
-from .timing import Recorder, SessionRecord, Timer
+from .subprotocols import Subprotocols
+from .timing import Recorder, Timer
 from .tracing import AdaptiveSampler, FixedSampler, OTelTracing, TraceContext, Tracing
 from .webhook import Webhook, WebhookEvent
 
@@ -54,7 +57,6 @@ __all__ = [
     "Compress",
     "Compressor",
     "ConcurrencyStats",
-    "DefaultLogger",
     "DepthGuard",
     "ErrorHandler",
     "ExtractHeader",
@@ -95,6 +97,7 @@ __all__ = [
     "TokenBucket",
     "TraceContext",
     "Tracing",
+    "UsesServices",
     "Webhook",
     "WebhookEvent",
     "build_chain",

@@ -23,13 +23,12 @@ from typing import NoReturn
 
 import structlog
 
-from aiowt.middleware.chain import CallNext
-from aiowt.transport.context import SessionContext
-from aiowt.transport.errors import Rejected, UsageError
+from aiowt.transport import MalformedQuery, Rejected, SessionContext, UsageError
+from aiowt.transport.request import parse_query
 
+from ._options import callable_name, check_callable, header_name, maybe_await
+from .chain import CallNext
 from .keys import AUTH_SCHEME, REMOTE_USER, SECRET_NAMES
-from .request import MalformedQuery, _callable_name, _check_callable, _header_name, _maybe_await
-from .request import parse_query as _parse_query
 
 __all__ = [
     "Authenticator",
@@ -109,7 +108,7 @@ async def _validated(
 ) -> object | None:
     """Run a sync-or-async callback; its result, or ``None`` if it refused or raised."""
     try:
-        result = await _maybe_await(callback(*args))
+        result = await maybe_await(callback(*args))
     except Rejected as rejection:
         log.info(
             "refused: authentication",
@@ -124,7 +123,7 @@ async def _validated(
         log.warning(
             "auth callback raised; refusing",
             scheme=scheme,
-            callback=_callable_name(callback),
+            callback=callable_name(callback),
             error_type=type(exc).__name__,
             **ctx.ids,
         )
@@ -175,13 +174,13 @@ class BearerAuth:
     """
 
     def __init__(self, validate: TokenValidator, *, realm: str | None = None) -> None:
-        _check_callable(validate, "validate")
+        check_callable(validate, "validate")
         self.validate = validate
         self.realm = _check_realm(realm, required=False)
         self._challenge = "Bearer" if realm is None else f'Bearer realm="{realm}"'
 
     def __repr__(self) -> str:
-        return f"BearerAuth({_callable_name(self.validate)}, realm={self.realm!r})"
+        return f"BearerAuth({callable_name(self.validate)}, realm={self.realm!r})"
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
         values = ctx.request.header_values("authorization")
@@ -231,17 +230,17 @@ class QueryAuth:
             or param != param.strip()
         ):
             raise UsageError(f"param must be a printable query parameter name, got {param!r}")
-        _check_callable(validate, "validate")
+        check_callable(validate, "validate")
         self.param = param
         self.validate = validate
 
     def __repr__(self) -> str:
-        return f"QueryAuth({self.param!r}, {_callable_name(self.validate)})"
+        return f"QueryAuth({self.param!r}, {callable_name(self.validate)})"
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
         _mark_secret(ctx, self.param)
         try:
-            query = _parse_query(ctx.request.query_string)
+            query = parse_query(ctx.request.query_string)
         except MalformedQuery as exc:
             _refuse("query", ctx, 400, f"malformed query string: {exc}", None)
         values = query.get(self.param, ())
@@ -266,7 +265,7 @@ class RequireKey:
     """
 
     def __init__(self, header: str, key: str, *, identity: object | None = None) -> None:
-        self.header = _header_name(header)
+        self.header = header_name(header)
         if not isinstance(key, str) or not key:
             raise UsageError("key must be a non-empty string")
         if key != key.strip(" \t") or not key.isprintable():
@@ -310,17 +309,17 @@ class BasicAuth:
         authorizator: Authorizator | None = None,
     ) -> None:
         self.realm = _check_realm(realm, required=True)
-        _check_callable(authenticator, "authenticator")
+        check_callable(authenticator, "authenticator")
         if authorizator is not None:
-            _check_callable(authorizator, "authorizator")
+            check_callable(authorizator, "authorizator")
         self.authenticator = authenticator
         self.authorizator = authorizator
         self._challenge = f'Basic realm="{realm}", charset="UTF-8"'
 
     def __repr__(self) -> str:
-        authorizator = _callable_name(self.authorizator) if self.authorizator else None
+        authorizator = callable_name(self.authorizator) if self.authorizator else None
         return (
-            f"BasicAuth({self.realm!r}, {_callable_name(self.authenticator)},"
+            f"BasicAuth({self.realm!r}, {callable_name(self.authenticator)},"
             f" authorizator={authorizator})"
         )
 

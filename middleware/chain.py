@@ -31,9 +31,15 @@ What a middleware may do:
 Calling ``call_next`` a second time, or after the middleware has returned, raises
 `UsageError`: the terminal step accepts the session, and accepting twice is a bug.
 
-A middleware that holds something beyond a session (an actor it started, a port it
-serves, deliveries in flight) is `Closable`: the server calls its ``aclose()`` once,
-at shutdown, after every session has ended.
+Two optional parts of the contract, which the server looks for on each middleware:
+
+- `UsesServices`: a middleware that reports to or counts in shared actors gets the
+  server's `Services` (its collector and registries) before the first session, and a
+  name for its place in the server (``use[0]``, ``/chat/{room}[1]``) that keeps its
+  counts apart from another instance's. A ref passed to it explicitly wins.
+- `Closable`: a middleware that holds something beyond a session (an actor it started,
+  a port it serves, deliveries in flight) is closed once, at shutdown, after every
+  session has ended.
 """
 
 from __future__ import annotations
@@ -44,10 +50,18 @@ import types
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final, Protocol, runtime_checkable
 
-from aiowt.transport.context import SessionContext
-from aiowt.transport.errors import Rejected, UsageError
+from aiowt.actors import Services
+from aiowt.transport import Rejected, SessionContext, UsageError
 
-__all__ = ["CallNext", "Chain", "Closable", "Middleware", "build_chain", "middleware_name"]
+__all__ = [
+    "CallNext",
+    "Chain",
+    "Closable",
+    "Middleware",
+    "UsesServices",
+    "build_chain",
+    "middleware_name",
+]
 
 CallNext = Callable[[SessionContext], Awaitable[None]]
 """The rest of the chain: await it once to run everything after this middleware."""
@@ -62,6 +76,14 @@ class Closable(Protocol):
 
     async def aclose(self) -> None:
         """Release what the middleware holds; called once, after the sessions ended."""
+
+
+@runtime_checkable
+class UsesServices(Protocol):
+    """A middleware that talks to shared actors (see the module docstring)."""
+
+    def use_services(self, services: Services, name: str) -> None:
+        """Use `services` for what was not given explicitly; `name` is its place."""
 
 
 _PENDING: Final = 0

@@ -42,8 +42,14 @@ from typing import Any, Final
 
 import msgpack
 
-from aiowt.transport.context import Key, SessionContext
-from aiowt.transport.errors import FrameTooLarge, MalformedFrame, Rejected, UsageError
+from aiowt.transport import (
+    FrameTooLarge,
+    Key,
+    MalformedFrame,
+    Rejected,
+    SessionContext,
+    UsageError,
+)
 from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE, decode_message, encode_message
 
 from .chain import CallNext

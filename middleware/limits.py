@@ -12,27 +12,36 @@ The per-session limits are taps at the transport: `TokenBucket` meters every dat
 and stream chunk the peer sends, `DepthGuard` refuses peer streams past its limit. Their
 state lives in a tap object made per session inside `__call__`, never on `self`.
 
-Each middleware takes an optional service ref; without one it starts its own service on
-first use (on the running loop) and `aclose()` stops it. With `metrics` (a
-`MetricsCollector` ref) they report rejections and excess; without, they report nothing.
+Each middleware takes optional service refs. In a server, what was not given comes
+from the server's `Services`, and each limit counts under its own name there (its place
+in the server), so two limits never share a count by accident; used on its own, a limit
+starts its own registry on first use and `aclose()` stops it. They report refusals and
+excess to `metrics` (or the server's collector); used on their own without `metrics`,
+they report nothing.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from typing import ClassVar, Final, Literal
+from typing import ClassVar, Literal
 
 import pykka
 
-from aiowt.actors._service import ServiceHandle, ask_future, tell_quietly
-from aiowt.actors.metrics import Inc, MetricsCollector
-from aiowt.actors.ratelimit import Acquire, RateLimitRegistry, Release
-from aiowt.actors.sessions import Attach, Register, SessionRegistry, Unregister
-from aiowt.transport.codes import CloseCode
-from aiowt.transport.context import Key, SessionContext
-from aiowt.transport.errors import Rejected, UsageError
+from aiowt.actors import (
+    MetricsCollector,
+    RateLimitRegistry,
+    ServiceHandle,
+    Services,
+    SessionRegistry,
+    ask_future,
+    tell_quietly,
+)
+from aiowt.actors import metric_names as names
+from aiowt.actors.metrics import Inc
+from aiowt.actors.ratelimit import Acquire, Release
+from aiowt.actors.sessions import Attach, Register, Unregister
+from aiowt.transport import CloseCode, Key, Rejected, SessionContext, UsageError
 from aiowt.transport.events import (
     DatagramReceived,
     SessionAccepted,
@@ -43,12 +52,11 @@ from aiowt.transport.events import (
 )
 from aiowt.transport.session import Session, SessionTap
 
+from ._options import check_int, check_seconds, retry_after
 from .chain import CallNext
+from .metrics import report_rejection
 
 __all__ = [
-    "EXCESS_METRIC",
-    "REFUSED_STREAMS_METRIC",
-    "REJECTIONS_METRIC",
     "SESSION_BUCKET",
     "DepthGuard",
     "MaxSessions",
@@ -57,51 +65,14 @@ __all__ = [
     "RouteRateLimit",
     "SessionBucket",
     "TokenBucket",
-    "report_rejection",
 ]
 
 MetricsRef = pykka.ActorRef[MetricsCollector]
 
-REJECTIONS_METRIC: Final = "aiowt_rejections_total"
-EXCESS_METRIC: Final = "aiowt_token_bucket_excess_total"
-REFUSED_STREAMS_METRIC: Final = "aiowt_streams_refused_total"
 
-
-def report_rejection(metrics: MetricsRef | None, middleware: str, status: int) -> None:
-    """Count one refused CONNECT in `aiowt_rejections_total{middleware, status}`."""
-    tell_quietly(
-        metrics,
-        Inc(
-            REJECTIONS_METRIC,
-            labels={"middleware": middleware, "status": str(status)},
-            help="Sessions refused on the CONNECT response, by middleware and status.",
-        ),
-    )
-
-
-def _check_limit(name: str, value: object) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise UsageError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_seconds(name: str, value: object, *, allow_zero: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UsageError(f"{name} must be a finite number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return float(value)
-
-
-def _check_metrics(metrics: object) -> MetricsRef | None:
-    if metrics is not None and not isinstance(metrics, pykka.ActorRef):
-        raise UsageError("metrics must be a MetricsCollector ActorRef or None")
-    return metrics
-
-
-def _retry_after(seconds: float) -> tuple[str, str]:
-    # Retry-After takes whole seconds; never advertise 0 (an instant retry storm).
-    return ("retry-after", str(max(1, math.ceil(seconds))))
+def _metrics_handle(metrics: MetricsRef | None) -> ServiceHandle[MetricsCollector]:
+    # Reports go to `.started` (given, or the server's): a limit never starts a collector.
+    return ServiceHandle(metrics, MetricsCollector.start, "metrics")
 
 
 async def _granted(future: pykka.Future[bool], on_cancel: Callable[[], object]) -> bool:
@@ -134,12 +105,20 @@ class _ConcurrencyLimit:
         metrics: MetricsRef | None = None,
         retry_after: float = 1.0,
     ) -> None:
-        self.limit = _check_limit(self._limit_name, limit)
-        self.retry_after = _check_seconds("retry_after", retry_after)
-        self.metrics = _check_metrics(metrics)
+        self.limit = check_int(self._limit_name, limit)
+        self.retry_after = check_seconds("retry_after", retry_after)
+        self.metrics = _metrics_handle(metrics)
         self.service: ServiceHandle[RateLimitRegistry] = ServiceHandle(
             registry, RateLimitRegistry.start, "registry"
         )
+        self.counts_as = self.scope
+        """The registry scope this limit counts under (its place, in a server's registry)."""
+
+    def use_services(self, services: Services, name: str) -> None:
+        if not self.service.given:
+            self.service.bind(services.rate_limits)
+            self.counts_as = f"{self.scope}@{name}"
+        self.metrics.bind(services.metrics)
 
     def __repr__(self) -> str:
         return (
@@ -157,14 +136,14 @@ class _ConcurrencyLimit:
         ref = self.service.ref()
         key = self._key(ctx)
         holder = ctx.session_id
-        release = Release(self.scope, key, holder)
+        release = Release(self.counts_as, key, holder)
         granted = await _granted(
-            ask_future(ref, Acquire(self.scope, key, holder, self.limit)),
+            ask_future(ref, Acquire(self.counts_as, key, holder, self.limit)),
             lambda: tell_quietly(ref, release),
         )
         if not granted:
-            report_rejection(self.metrics, type(self).__name__, 429)
-            raise Rejected(429, self._reason(key), headers=[_retry_after(self.retry_after)])
+            report_rejection(ctx, self.metrics.started, type(self).__name__, 429)
+            raise Rejected(429, self._reason(key), headers=[retry_after(self.retry_after)])
         try:
             await call_next(ctx)
         finally:
@@ -289,12 +268,20 @@ class MaxSessions:
         metrics: MetricsRef | None = None,
         retry_after: float = 1.0,
     ) -> None:
-        self.max_sessions = _check_limit("max_sessions", max_sessions)
-        self.retry_after = _check_seconds("retry_after", retry_after)
-        self.metrics = _check_metrics(metrics)
+        self.max_sessions = check_int("max_sessions", max_sessions)
+        self.retry_after = check_seconds("retry_after", retry_after)
+        self.metrics = _metrics_handle(metrics)
         self.service: ServiceHandle[SessionRegistry] = ServiceHandle(
             registry, SessionRegistry.start, "registry"
         )
+        self.pool = ""
+        """The registry pool this cap counts in (its place, in a server's registry)."""
+
+    def use_services(self, services: Services, name: str) -> None:
+        if not self.service.given:
+            self.service.bind(services.sessions)
+            self.pool = name
+        self.metrics.bind(services.metrics)
 
     def __repr__(self) -> str:
         return (
@@ -305,17 +292,17 @@ class MaxSessions:
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
         ref = self.service.ref()
         session_id = ctx.session_id
-        unregister = Unregister(session_id)
+        unregister = Unregister(session_id, self.pool)
+        register = Register(session_id, self.max_sessions, ctx.remote_ip, ctx.path, self.pool)
         registered = await _granted(
-            ask_future(ref, Register(session_id, self.max_sessions, ctx.remote_ip, ctx.path)),
-            lambda: tell_quietly(ref, unregister),
+            ask_future(ref, register), lambda: tell_quietly(ref, unregister)
         )
         if not registered:
-            report_rejection(self.metrics, "MaxSessions", 503)
+            report_rejection(ctx, self.metrics.started, "MaxSessions", 503)
             raise Rejected(
                 503,
                 f"server at capacity ({self.max_sessions} sessions)",
-                headers=[_retry_after(self.retry_after)],
+                headers=[retry_after(self.retry_after)],
             )
         ctx.taps.append(_AttachTap(ref, session_id))
         try:
@@ -395,14 +382,8 @@ class SessionBucket(SessionTap):
 
     def _excess(self, session: Session, kind: str) -> bool:
         self.dropped += 1
-        tell_quietly(
-            self._metrics,
-            Inc(
-                EXCESS_METRIC,
-                labels={"kind": kind, "action": self.on_excess},
-                help="Datagrams and stream chunks over a session's token bucket.",
-            ),
-        )
+        labels = {"kind": kind, "action": self.on_excess}
+        tell_quietly(self._metrics, Inc(names.TOKEN_BUCKET_EXCESS.name, labels=labels))
         if self.on_excess == "close":
             session.close(CloseCode.RATE_LIMITED, "message rate limit exceeded")
         return False
@@ -429,21 +410,26 @@ class TokenBucket:
         metrics: MetricsRef | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.rate = _check_seconds("rate", rate)
-        self.burst = _check_limit("burst", burst)
+        self.rate = check_seconds("rate", rate)
+        self.burst = check_int("burst", burst)
         if on_excess not in ("drop", "close"):
             raise UsageError(f"on_excess must be 'drop' or 'close', got {on_excess!r}")
         if not callable(clock):
             raise UsageError("clock must be a callable returning seconds")
         self.on_excess: Excess = on_excess
-        self.metrics = _check_metrics(metrics)
+        self.metrics = _metrics_handle(metrics)
         self._clock = clock
+
+    def use_services(self, services: Services, name: str) -> None:
+        self.metrics.bind(services.metrics)
 
     def __repr__(self) -> str:
         return f"TokenBucket(rate={self.rate:g}, burst={self.burst}, on_excess={self.on_excess!r})"
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        bucket = SessionBucket(self.rate, self.burst, self.on_excess, self.metrics, self._clock)
+        bucket = SessionBucket(
+            self.rate, self.burst, self.on_excess, self.metrics.started, self._clock
+        )
         ctx.set(SESSION_BUCKET, bucket)
         ctx.taps.append(bucket)
         await call_next(ctx)
@@ -473,14 +459,8 @@ class _DepthTap(SessionTap):
 
     def _opened(self, stream_id: int) -> bool:
         if len(self._open) >= self._limit:
-            tell_quietly(
-                self._metrics,
-                Inc(
-                    REFUSED_STREAMS_METRIC,
-                    labels={"middleware": "DepthGuard"},
-                    help="Peer streams refused (reset with StreamErrorCode.REFUSED).",
-                ),
-            )
+            labels = {"middleware": "DepthGuard"}
+            tell_quietly(self._metrics, Inc(names.STREAMS_REFUSED.name, labels=labels))
             return False
         self._open.add(stream_id)
         return True
@@ -496,12 +476,15 @@ class DepthGuard:
     """
 
     def __init__(self, max_concurrent: int, *, metrics: MetricsRef | None = None) -> None:
-        self.max_concurrent = _check_limit("max_concurrent", max_concurrent)
-        self.metrics = _check_metrics(metrics)
+        self.max_concurrent = check_int("max_concurrent", max_concurrent)
+        self.metrics = _metrics_handle(metrics)
+
+    def use_services(self, services: Services, name: str) -> None:
+        self.metrics.bind(services.metrics)
 
     def __repr__(self) -> str:
         return f"DepthGuard(max_concurrent={self.max_concurrent})"
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        ctx.taps.append(_DepthTap(self.max_concurrent, self.metrics))
+        ctx.taps.append(_DepthTap(self.max_concurrent, self.metrics.started))
         await call_next(ctx)

@@ -5,7 +5,7 @@
   contextvars around the rest of the chain. The handler actor's task is created inside
   it and copies the context, so every log call in a handler carries the ids (with
   structlog's ``merge_contextvars`` processor, which is in its default configuration).
-- `Logger` / `DefaultLogger` log a session's life: ``session started`` when it is
+- `Logger` logs a session's life: ``session started`` when it is
   accepted, ``session ended`` with status, duration, bytes and close code, or
   ``session rejected`` with the status, reason and the middleware that refused it.
   They bind the ids as `LogContext` does.
@@ -23,20 +23,28 @@ the router before any middleware runs, so it is not in these logs.
 from __future__ import annotations
 
 import json
-import os
-import re
+import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
-from urllib.parse import unquote
 
 import structlog
 
-from aiowt.transport.context import SessionContext
-from aiowt.transport.errors import UsageError
+from aiowt.transport import SessionContext, UsageError
 
+from ._plumbing import observe, when_accepted
+from .access_format import (
+    COMBINED_LOG_FORMAT,
+    COMMON_LOG_FORMAT,
+    DEFAULT_REDACTED,
+    DEV_LOG_FORMAT,
+    compile_format,
+    format_duration,
+    redact_query,
+    remote_user,
+    request_url,
+)
 from .chain import CallNext
-from .keys import REMOTE_USER, SECRET_NAMES
-from .timing import SessionRecord, observe, when_accepted
+from .record import SessionRecord
 
 __all__ = [
     "COMBINED_LOG_FORMAT",
@@ -44,41 +52,11 @@ __all__ = [
     "DEFAULT_REDACTED",
     "DEV_LOG_FORMAT",
     "AccessLog",
-    "DefaultLogger",
     "EventLogger",
     "JsonAccessLog",
     "LogContext",
     "Logger",
-    "format_duration",
-    "redact_query",
 ]
-
-COMMON_LOG_FORMAT = '%h %l %u %t "%r" %s %b'
-"""The Common Log Format (CLF)."""
-
-COMBINED_LOG_FORMAT = '%h %l %u %t "%r" %s %b "%{Referer}i" "%{User-Agent}i"'
-"""NCSA extended/combined log format."""
-
-DEV_LOG_FORMAT = '%t %S\033[0m \033[36;1m%Dμs\033[0m "%r" \033[1;30m%u "%{User-Agent}i"\033[0m'
-"""Coloured, with the response time: convenient in a development terminal (seed 003)."""
-
-DEFAULT_REDACTED = frozenset(
-    {
-        "access_token",
-        "api_key",
-        "apikey",
-        "auth",
-        "authorization",
-        "cookie",
-        "id_token",
-        "jwt",
-        "password",
-        "proxy-authorization",
-        "secret",
-        "token",
-    }
-)
-"""Query parameter and header names whose values access logs replace with ``REDACTED``."""
 
 
 class EventLogger(Protocol):
@@ -159,15 +137,15 @@ class Logger:
         when_accepted(ctx, started)
         if self.bind:
             with structlog.contextvars.bound_contextvars(**ctx.ids):
-                record, error = await observe(ctx, call_next)
-                self._log_end(ctx, record)
+                async with observe(ctx, self._log_end):
+                    await call_next(ctx)
         else:
-            record, error = await observe(ctx, call_next)
-            self._log_end(ctx, record)
-        if error is not None:
-            raise error
+            async with observe(ctx, self._log_end):
+                await call_next(ctx)
 
-    def _log_end(self, ctx: SessionContext, record: SessionRecord) -> None:
+    def _log_end(
+        self, ctx: SessionContext, record: SessionRecord, error: BaseException | None
+    ) -> None:
         if not record.accepted:
             method = self.logger.warning if record.status >= 500 else self.logger.info
             method(
@@ -198,175 +176,7 @@ class Logger:
         )
 
 
-class DefaultLogger(Logger):
-    """`Logger` with structlog's default logger (seed 000's ``DefaultLogger()``)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    def __repr__(self) -> str:
-        return "DefaultLogger()"
-
-
 # --- access logs -------------------------------------------------------------------------------
-
-_Render = Callable[[SessionContext, SessionRecord], str]
-
-_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
-_DIRECTIVE = re.compile(r"%(?:\{([^}]*)\}([io])|(.?))", re.DOTALL)
-_UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\]')
-_PID = os.getpid
-
-
-def _escape(value: str) -> str:
-    """Apache's escaping: quotes, backslashes and control bytes cannot forge log lines."""
-
-    def one(match: re.Match[str]) -> str:
-        char = match.group()
-        return "\\" + char if char in '"\\' else f"\\x{ord(char):02x}"
-
-    return _UNSAFE.sub(one, value)
-
-
-def redact_query(query_string: str, names: Iterable[str] = DEFAULT_REDACTED) -> str:
-    """`query_string` with the values of parameters named in `names` replaced by ``REDACTED``.
-
-    The rest is kept byte for byte (no re-encoding), so a log shows what was sent.
-    """
-    if not query_string:
-        return ""
-    hidden = {name.lower() for name in names}
-    parts = []
-    for pair in query_string.split("&"):
-        name, sep, _ = pair.partition("=")
-        if sep and unquote(name.replace("+", " ")).lower() in hidden:
-            pair = f"{name}=REDACTED"
-        parts.append(pair)
-    return "&".join(parts)
-
-
-def format_duration(seconds: float) -> str:
-    """A duration as Go's ``time.Duration`` prints it: ``34.679µs``, ``1.5s``, ``1m15.9s``."""
-    ns = round(seconds * 1e9)
-    if ns < 1_000:
-        return f"{ns}ns"
-    for limit, unit, scale in ((1_000_000, "µs", 1e3), (1_000_000_000, "ms", 1e6)):
-        if ns < limit:
-            return _trim(f"{ns / scale:.{len(str(int(scale))) - 1}f}") + unit
-    hours, rest = divmod(ns, 3_600 * 10**9)
-    minutes, rest = divmod(rest, 60 * 10**9)
-    text = _trim(f"{rest / 1e9:.9f}") + "s"
-    if hours:
-        return f"{hours}h{minutes}m{text}"
-    if minutes:
-        return f"{minutes}m{text}"
-    return text
-
-
-def _trim(number: str) -> str:
-    return number.rstrip("0").rstrip(".") if "." in number else number
-
-
-def _redacted_query(ctx: SessionContext, redact: frozenset[str]) -> str:
-    secret_names = ctx.get(SECRET_NAMES)
-    return redact_query(ctx.request.query_string, redact | secret_names)
-
-
-def _url(ctx: SessionContext, redact: frozenset[str]) -> str:
-    query = _redacted_query(ctx, redact)
-    return ctx.path + (f"?{query}" if query else "")
-
-
-def _remote_user(ctx: SessionContext) -> str | None:
-    user = ctx.get(REMOTE_USER, None)
-    if user is None and isinstance(ctx.identity, str):
-        user = ctx.identity
-    return user
-
-
-def _colour(status: int) -> str:
-    if status >= 500:
-        return "\033[31;1m"
-    if status >= 400:
-        return "\033[33;1m"
-    return "\033[32;1m"
-
-
-def _clf_time(record: SessionRecord) -> str:
-    local = record.start_time.astimezone()
-    return local.strftime(f"[%d/{_MONTHS[local.month - 1]}/%Y:%H:%M:%S %z]")
-
-
-def _compile(fmt: str, redact: frozenset[str]) -> tuple[str | _Render, ...]:
-    """The format as literal strings and renderers, parsed once."""
-
-    def header(name: str, response: bool) -> _Render:
-        wanted = name.lower()
-        hidden = wanted in redact
-
-        def render(ctx: SessionContext, record: SessionRecord) -> str:
-            if response:
-                value = next((v for k, v in ctx.response_headers if k == wanted), None)
-            else:
-                value = ctx.request.header(wanted)
-            if value is None:
-                return "-"
-            if hidden or wanted in ctx.get(SECRET_NAMES):
-                return "REDACTED"
-            return _escape(value)
-
-        return render
-
-    simple: dict[str, _Render] = {
-        "h": lambda ctx, r: ctx.remote_ip,
-        "l": lambda ctx, r: "-",
-        "u": lambda ctx, r: _escape(_remote_user(ctx) or "-"),
-        "t": lambda ctx, r: _clf_time(r),
-        "r": lambda ctx, r: f"{ctx.method} {_escape(_url(ctx, redact))} HTTP/3",
-        "s": lambda ctx, r: str(r.status),
-        "S": lambda ctx, r: f"{_colour(r.status)}{r.status}",
-        "b": lambda ctx, r: str(r.bytes_out) if r.bytes_out else "-",
-        "B": lambda ctx, r: str(r.bytes_out),
-        "I": lambda ctx, r: str(r.bytes_in),
-        "O": lambda ctx, r: str(r.bytes_out),
-        "D": lambda ctx, r: str(int(r.elapsed * 1_000_000)),
-        "T": lambda ctx, r: f"{r.elapsed:.3f}",
-        "m": lambda ctx, r: ctx.method,
-        "U": lambda ctx, r: _escape(ctx.path),
-        "q": lambda ctx, r: _escape(f"?{q}" if (q := _redacted_query(ctx, redact)) else ""),
-        "H": lambda ctx, r: "HTTP/3",
-        "P": lambda ctx, r: str(_PID()),
-        "%": lambda ctx, r: "%",
-    }
-    parts: list[str | _Render] = []
-    position = 0
-    for match in _DIRECTIVE.finditer(fmt):
-        if match.start() > position:
-            parts.append(fmt[position : match.start()])
-        position = match.end()
-        name, kind, letter = match.groups()
-        if kind is not None:
-            if not name:
-                raise UsageError(f"empty header name in %{{}}{kind} in log format {fmt!r}")
-            parts.append(header(name, kind == "o"))
-        elif letter in simple:
-            parts.append("%" if letter == "%" else simple[letter])
-        else:
-            shown = f"%{letter}" if letter else "a lone % at the end"
-            raise UsageError(
-                f"unsupported directive {shown} in log format {fmt!r}; supported: "
-                "%h %l %u %t %r %s %S %b %B %I %O %D %T %m %U %q %H %P %% %{Header}i %{Header}o"
-            )
-    if position < len(fmt):
-        parts.append(fmt[position:])
-    # Adjacent literals merge, so a line is built from as few pieces as possible.
-    merged: list[str | _Render] = []
-    for part in parts:
-        if isinstance(part, str) and merged and isinstance(merged[-1], str):
-            merged[-1] += part
-        else:
-            merged.append(part)
-    return tuple(merged)
 
 
 def _check_sink(sink: Callable[[str], object] | None) -> None:
@@ -412,7 +222,7 @@ class AccessLog:
         _check_sink(sink)
         self.format = format
         self.redact = frozenset(name.lower() for name in redact)
-        self._parts = _compile(format, self.redact)
+        self._parts = compile_format(format, self.redact)
         self._given = logger
         self.logger = logger if logger is not None else _default_logger("aiowt.access")
         self.sink = sink
@@ -431,14 +241,15 @@ class AccessLog:
         return "".join(p if isinstance(p, str) else p(ctx, record) for p in self._parts)
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        record, error = await observe(ctx, call_next)
+        async with observe(ctx, self._write):
+            await call_next(ctx)
+
+    def _write(self, ctx: SessionContext, record: SessionRecord, _: BaseException | None) -> None:
         line = self.render(ctx, record)
         if self.sink is not None:
             self.sink(line)
         else:
             self.logger.info(line)
-        if error is not None:
-            raise error
 
 
 class JsonAccessLog:
@@ -482,12 +293,12 @@ class JsonAccessLog:
             "request_id": ctx.request_id or ctx.session_id,
             "status": record.status,
             "time": record.start_time.astimezone().isoformat(),
-            "url": _url(ctx, self.redact),
+            "url": request_url(ctx, self.redact),
             "method": ctx.method,
             "route": ctx.route_pattern,
             "session_id": ctx.session_id,
             "user_agent": ctx.user_agent,
-            "remote_user": _remote_user(ctx),
+            "remote_user": remote_user(ctx),
             "bytes_in": record.bytes_in,
             "bytes_out": record.bytes_out,
             "close_code": record.close_code,
@@ -500,11 +311,33 @@ class JsonAccessLog:
         return fields
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        record, error = await observe(ctx, call_next)
+        async with observe(ctx, self._write):
+            await call_next(ctx)
+
+    def _write(self, ctx: SessionContext, record: SessionRecord, _: BaseException | None) -> None:
         fields = self.record(ctx, record)
         if self.sink is not None:
             self.sink(json.dumps(fields, ensure_ascii=False, separators=(",", ":")))
         else:
             self.logger.info("access", **fields)
-        if error is not None:
-            raise error
+
+
+# --- names this module used to hold -------------------------------------------------------
+
+_DEPRECATED: dict[str, tuple[str, object]] = {
+    "DefaultLogger": ("Logger() (it is the same middleware)", Logger),
+    "format_duration": ("aiowt.middleware.access_format.format_duration", format_duration),
+    "redact_query": ("aiowt.middleware.access_format.redact_query", redact_query),
+}
+
+
+def __getattr__(name: str) -> object:
+    if name not in _DEPRECATED:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    new, value = _DEPRECATED[name]
+    warnings.warn(
+        f"aiowt.middleware.logging.{name} is deprecated; use {new}",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    return value

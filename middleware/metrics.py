@@ -1,61 +1,45 @@
-"""Session metrics into the `MetricsCollector` actor, and their Prometheus exposition.
+"""Session metrics in the `MetricsCollector` actor, and their Prometheus exposition.
 
 `Metrics` reports every session that passes through it to a `MetricsCollector` (the
-single owner of the numbers; see `aiowt.actors.metrics`), by ``tell``, so a session never
-waits for it. `PrometheusMetrics` is a `Metrics` that also serves the collector's
-content in the Prometheus text format (or OpenMetrics, if the scraper asks for it),
-rendered by ``prometheus_client`` from a snapshot taken when scraped: on a port it
-opens (`serve`), or mounted into a web app as ASGI (`asgi`), or as bytes (`render`).
+single owner of the numbers; see `aiowt.actors.metrics`), by ``tell``, so a session
+never waits for it. What it reports is the session part of the catalogue in
+`aiowt.actors.metric_names` (verdicts by status, refusals by middleware, handshake and
+session durations, sessions accepted and active, traffic counted at the transport),
+with ``route`` (the route *pattern*) as a label.
 
-What `Metrics` records (``route`` is the route *pattern*, never the raw path, so the
-label sets stay few; ``direction`` is ``in`` or ``out``):
+The other observers (`Status`, `ConcurrencyStats`, `Bandwidth`) report the same facts
+through the same function, `report_session`, and read them back: whichever of them
+share a collector, a session is reported to it once, by the outermost. Put the first
+of them early in the chain: a refusal is seen only if it comes from further in.
 
-=======================================================  =========  ==========================
-name                                                     kind       labels
-=======================================================  =========  ==========================
-``aiowt_sessions_in_progress``                           gauge      route
-``aiowt_sessions_total`` (accepted)                      counter    route
-``aiowt_handshakes_total`` (every verdict)               counter    route, status
-``aiowt_handshake_rejections_total``                     counter    route, middleware, status
-``aiowt_handshake_duration_seconds`` (CONNECT→verdict)   histogram  route
-``aiowt_session_duration_seconds`` (accept→end)          histogram  route
-``aiowt_session_errors_total`` (handler/chain failures)  counter    route
-``aiowt_datagrams_total`` / ``aiowt_datagram_bytes_total``  counter route, direction
-``aiowt_stream_frames_total`` / ``aiowt_stream_bytes_total`` counter route, direction
-``aiowt_streams_opened_total`` (by the peer)             counter    route
-=======================================================  =========  ==========================
-
-"Stream frames" are stream data chunks as the transport receives or sends them (one
-per QUIC delivery, one per write), counted by a tap. Traffic is added up per session
-and reported when it ends. The names differ from those of `ConcurrencyStats` and
-`Bandwidth` (``aiowt_sessions_active``, ...), so both can share one collector without
-counting anything twice. A rejection is seen only if it comes from further in: put
-`Metrics` early in the chain.
+`PrometheusMetrics` is a `Metrics` that also serves the collector's content in the
+Prometheus text format (or OpenMetrics, if the scraper asks for it), rendered by
+``prometheus_client`` from a snapshot taken when scraped: on a port it opens (`serve`),
+mounted into a web app as ASGI (`asgi`), or as bytes (`render`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
+import functools
 import math
+import warnings
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import pykka
 
-from aiowt.actors._service import ServiceHandle, ask, tell_quietly
-from aiowt.actors.breaker import BreakerState, BreakerStatus, GetBreakerStatus
+from aiowt.actors import MetricsCollector, ServiceHandle, Services, ask, tell_quietly
+from aiowt.actors import metric_names as names
 from aiowt.actors.metrics import (
     AddGauge,
     HistogramValue,
     Inc,
-    MetricsCollector,
     MetricsSnapshot,
     Observe,
     TakeSnapshot,
 )
-from aiowt.transport.context import SessionContext
-from aiowt.transport.errors import UsageError
+from aiowt.transport import Rejected, Session, SessionContext, SessionTap, UsageError
 from aiowt.transport.events import (
     DatagramReceived,
     DatagramSent,
@@ -64,88 +48,36 @@ from aiowt.transport.events import (
     StreamDataSent,
     StreamOpened,
 )
-from aiowt.transport.session import Session, SessionTap
 
 from ._http import HttpRequest, HttpResponse, RouteHandler, ServesPages
+from ._plumbing import observe, report_once, when_accepted
 from .chain import CallNext
-from .timing import observe, when_accepted
+from .record import SessionRecord
 
 if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
     from prometheus_client.metrics_core import Metric
 
-    from aiowt.actors.breaker import CircuitBreaker as BreakerActor
-
 __all__ = [
-    "DATAGRAMS_METRIC",
-    "DATAGRAM_BYTES_METRIC",
-    "HANDSHAKES_METRIC",
-    "HANDSHAKE_BUCKETS",
-    "HANDSHAKE_SECONDS_METRIC",
-    "IN_PROGRESS_METRIC",
-    "REJECTIONS_METRIC",
-    "SESSIONS_METRIC",
-    "SESSION_BUCKETS",
-    "SESSION_ERRORS_METRIC",
-    "SESSION_SECONDS_METRIC",
-    "STREAMS_OPENED_METRIC",
-    "STREAM_BYTES_METRIC",
-    "STREAM_FRAMES_METRIC",
     "Metrics",
+    "Observer",
     "PrometheusMetrics",
     "TrafficTap",
+    "report_error",
+    "report_rejection",
+    "report_session",
 ]
 
 MetricsRef = pykka.ActorRef[MetricsCollector]
-
-IN_PROGRESS_METRIC: Final = "aiowt_sessions_in_progress"
-SESSIONS_METRIC: Final = "aiowt_sessions_total"
-HANDSHAKES_METRIC: Final = "aiowt_handshakes_total"
-REJECTIONS_METRIC: Final = "aiowt_handshake_rejections_total"
-HANDSHAKE_SECONDS_METRIC: Final = "aiowt_handshake_duration_seconds"
-SESSION_SECONDS_METRIC: Final = "aiowt_session_duration_seconds"
-SESSION_ERRORS_METRIC: Final = "aiowt_session_errors_total"
-DATAGRAMS_METRIC: Final = "aiowt_datagrams_total"
-DATAGRAM_BYTES_METRIC: Final = "aiowt_datagram_bytes_total"
-STREAM_FRAMES_METRIC: Final = "aiowt_stream_frames_total"
-STREAM_BYTES_METRIC: Final = "aiowt_stream_bytes_total"
-STREAMS_OPENED_METRIC: Final = "aiowt_streams_opened_total"
-
-HANDSHAKE_BUCKETS: Final = (
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-)  # fmt: skip
-"""Seconds: a handshake is milliseconds, unless a middleware waits on something slow."""
-
-SESSION_BUCKETS: Final = (
-    0.1, 1.0, 5.0, 15.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 14400.0, 43200.0, 86400.0,
-)  # fmt: skip
-"""Seconds: sessions live from a moment to a day."""
-
-_HELP: Final = {
-    IN_PROGRESS_METRIC: "Sessions accepted and not ended, by route.",
-    SESSIONS_METRIC: "Sessions accepted, by route.",
-    HANDSHAKES_METRIC: "CONNECT requests answered, by route and status.",
-    REJECTIONS_METRIC: "CONNECT requests refused, by route, refusing middleware and status.",
-    HANDSHAKE_SECONDS_METRIC: "Seconds from the CONNECT request to its verdict.",
-    SESSION_SECONDS_METRIC: "Seconds from acceptance to the end of the session.",
-    SESSION_ERRORS_METRIC: "Sessions ended by an exception in the handler or the chain.",
-    DATAGRAMS_METRIC: "Datagrams, by route and direction.",
-    DATAGRAM_BYTES_METRIC: "Datagram payload bytes, by route and direction.",
-    STREAM_FRAMES_METRIC: "Stream data frames as the transport delivered or sent them.",
-    STREAM_BYTES_METRIC: "Stream payload bytes, by route and direction.",
-    STREAMS_OPENED_METRIC: "Streams the peer opened (and the server took), by route.",
-}
-
-
-def _metrics_handle(metrics: object) -> ServiceHandle[MetricsCollector]:
-    if metrics is not None and not isinstance(metrics, pykka.ActorRef):
-        raise UsageError("metrics must be a MetricsCollector ActorRef or None")
-    return ServiceHandle(metrics, MetricsCollector.start, "metrics")
 
 
 class TrafficTap(SessionTap):
     """Counts one session's datagrams, stream frames, bytes and streams, both ways.
 
     Plain integers bumped on the transport's hot path; read when the session has ended.
+    `report_session` puts it before every other tap, so it counts what the transport
+    received, including what a limit dropped.
     """
 
     __slots__ = (
@@ -193,54 +125,135 @@ class TrafficTap(SessionTap):
         return True
 
 
-class Metrics:
-    """Report sessions to a `MetricsCollector`: counts, handshakes, rejections, traffic, times.
+# --- the session facts --------------------------------------------------------------------
 
-    `metrics` is the collector's ref; without one, a collector is started on first use
-    (read it through `service`; `aclose()` stops it). See the module docstring for the
-    metrics. Every report is a ``tell``: nothing here waits for the collector.
+
+class _Unobserved:
+    """The context manager of an observer that another one, further out, already covers."""
+
+    __slots__ = ()
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        return None
+
+
+_UNOBSERVED: Final = _Unobserved()
+
+
+def report_session(ctx: SessionContext, metrics: MetricsRef) -> AbstractAsyncContextManager[None]:
+    """Report this session's facts to `metrics` around the rest of the chain::
+
+        async with report_session(ctx, ref):
+            await call_next(ctx)
+
+    Unless an observer further out already reports this session to the same collector:
+    then it does nothing, so a session is counted once however many observers share a
+    collector.
+    """
+    if not report_once(ctx, metrics, "session"):
+        return _UNOBSERVED
+    route = {"route": ctx.route_pattern}
+    traffic = TrafficTap()
+    ctx.taps.insert(0, traffic)
+
+    def accepted(_: Session) -> None:
+        tell_quietly(metrics, AddGauge(names.SESSIONS_ACTIVE.name, 1, route, peak=_PEAK))
+        tell_quietly(metrics, Inc(names.SESSIONS_ACCEPTED.name, 1, route))
+
+    when_accepted(ctx, accepted)
+    return observe(ctx, functools.partial(_report_end, metrics, traffic))
+
+
+_PEAK: Final = names.SESSIONS_ACTIVE_PEAK.name
+
+
+def _report_end(
+    metrics: MetricsRef,
+    traffic: TrafficTap,
+    ctx: SessionContext,
+    record: SessionRecord,
+    error: BaseException | None,
+) -> None:
+    route = {"route": ctx.route_pattern}
+    status = str(record.status)
+    tell_quietly(metrics, Inc(names.HANDSHAKES.name, 1, {**route, "status": status}))
+    tell_quietly(
+        metrics,
+        Observe(
+            names.HANDSHAKE_SECONDS.name,
+            record.handshake_seconds,
+            route,
+            buckets=names.HANDSHAKE_BUCKETS,
+        ),
+    )
+    if isinstance(error, Rejected):
+        report_rejection(ctx, metrics, record.rejected_by or "unknown", record.status)
+    if record.duration is not None:
+        tell_quietly(metrics, AddGauge(names.SESSIONS_ACTIVE.name, -1, route))
+        tell_quietly(
+            metrics,
+            Observe(
+                names.SESSION_SECONDS.name, record.duration, route, buckets=names.SESSION_BUCKETS
+            ),
+        )
+        _report_traffic(metrics, route, traffic)
+    if record.failed:
+        report_error(ctx, metrics, accepted=record.accepted)
+
+
+def report_rejection(
+    ctx: SessionContext, metrics: MetricsRef | None, middleware: str, status: int
+) -> None:
+    """Count this session's refusal by `middleware`, once per collector (see `report_once`)."""
+    if metrics is not None and report_once(ctx, metrics, "rejection"):
+        labels = {"route": ctx.route_pattern, "middleware": middleware, "status": str(status)}
+        tell_quietly(metrics, Inc(names.REJECTIONS.name, 1, labels))
+
+
+def report_error(ctx: SessionContext, metrics: MetricsRef | None, *, accepted: bool) -> None:
+    """Count this session's failure, once per collector (see `report_once`)."""
+    if metrics is not None and report_once(ctx, metrics, "error"):
+        labels = {"route": ctx.route_pattern, "stage": "session" if accepted else "handshake"}
+        tell_quietly(metrics, Inc(names.SESSION_ERRORS.name, 1, labels))
+
+
+def _report_traffic(metrics: MetricsRef, route: dict[str, str], tap: TrafficTap) -> None:
+    for spec, value_in, value_out in (
+        (names.DATAGRAMS, tap.datagrams_in, tap.datagrams_out),
+        (names.DATAGRAM_BYTES, tap.datagram_bytes_in, tap.datagram_bytes_out),
+        (names.STREAM_FRAMES, tap.stream_frames_in, tap.stream_frames_out),
+        (names.STREAM_BYTES, tap.stream_bytes_in, tap.stream_bytes_out),
+    ):
+        if value_in:
+            tell_quietly(metrics, Inc(spec.name, value_in, {**route, "direction": "in"}))
+        if value_out:
+            tell_quietly(metrics, Inc(spec.name, value_out, {**route, "direction": "out"}))
+    if tap.streams_opened:
+        tell_quietly(metrics, Inc(names.STREAMS_OPENED.name, tap.streams_opened, route))
+
+
+class Observer:
+    """The base of the observing middleware: report each session to a collector.
+
+    `metrics` is the collector's ref; without one, the server's is used (its
+    `Services`), and outside a server one is started on first use (read it through
+    `service`; `aclose()` stops it).
     """
 
     def __init__(self, metrics: MetricsRef | None = None) -> None:
-        self.service = _metrics_handle(metrics)
+        self.service: ServiceHandle[MetricsCollector] = ServiceHandle(
+            metrics, MetricsCollector.start, "metrics"
+        )
 
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(metrics={self.service!r})"
+    def use_services(self, services: Services, name: str) -> None:
+        self.service.bind(services.metrics)
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        ref = self.service.ref()
-        route = {"route": ctx.route_pattern}
-        traffic = TrafficTap()
-        ctx.taps.append(traffic)
-
-        def accepted(_: Session) -> None:
-            _tell(ref, AddGauge(IN_PROGRESS_METRIC, 1, route))
-            _tell(ref, Inc(SESSIONS_METRIC, 1, route))
-
-        when_accepted(ctx, accepted)
-        record, error = await observe(ctx, call_next)
-        status = str(record.status)
-        _tell(ref, Inc(HANDSHAKES_METRIC, 1, {**route, "status": status}))
-        _tell(
-            ref,
-            Observe(
-                HANDSHAKE_SECONDS_METRIC, record.handshake_seconds, route, buckets=HANDSHAKE_BUCKETS
-            ),
-        )
-        if record.rejected and record.rejected_by is not None:
-            labels = {**route, "middleware": record.rejected_by, "status": status}
-            _tell(ref, Inc(REJECTIONS_METRIC, 1, labels))
-        if record.duration is not None:
-            _tell(ref, AddGauge(IN_PROGRESS_METRIC, -1, route))
-            _tell(
-                ref,
-                Observe(SESSION_SECONDS_METRIC, record.duration, route, buckets=SESSION_BUCKETS),
-            )
-            _report_traffic(ref, route, traffic)
-        if record.failed:
-            _tell(ref, Inc(SESSION_ERRORS_METRIC, 1, route))
-        if error is not None:
-            raise error
+        async with report_session(ctx, self.service.ref()):
+            await call_next(ctx)
 
     async def snapshot(self) -> MetricsSnapshot:
         """The collector's content now (asks it; starts it if this middleware owns it)."""
@@ -251,43 +264,25 @@ class Metrics:
         await self.service.stop()
 
 
-def _tell(ref: MetricsRef, message: Inc | AddGauge | Observe) -> None:
-    # The help text rides on every message (the collector keeps the first), so the
-    # family is documented whichever message creates it.
-    tell_quietly(ref, _with_help(message))
+class Metrics(Observer):
+    """Report sessions to a `MetricsCollector`: verdicts, refusals, times, traffic.
 
+    See the module docstring for what is reported and `Observer` for `metrics`. Every
+    report is a ``tell``: nothing here waits for the collector.
+    """
 
-def _with_help(message: Inc | AddGauge | Observe) -> Inc | AddGauge | Observe:
-    return dataclasses.replace(message, help=_HELP.get(message.name, ""))
-
-
-def _report_traffic(ref: MetricsRef, route: dict[str, str], tap: TrafficTap) -> None:
-    for name, value_in, value_out in (
-        (DATAGRAMS_METRIC, tap.datagrams_in, tap.datagrams_out),
-        (DATAGRAM_BYTES_METRIC, tap.datagram_bytes_in, tap.datagram_bytes_out),
-        (STREAM_FRAMES_METRIC, tap.stream_frames_in, tap.stream_frames_out),
-        (STREAM_BYTES_METRIC, tap.stream_bytes_in, tap.stream_bytes_out),
-    ):
-        if value_in:
-            _tell(ref, Inc(name, value_in, {**route, "direction": "in"}))
-        if value_out:
-            _tell(ref, Inc(name, value_out, {**route, "direction": "out"}))
-    if tap.streams_opened:
-        _tell(ref, Inc(STREAMS_OPENED_METRIC, tap.streams_opened, route))
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(metrics={self.service!r})"
 
 
 # --- Prometheus exposition ---------------------------------------------------------------------
 
-BREAKER_STATE_METRIC: Final = "aiowt_circuit_breaker_state"
-OVERFLOW_METRIC: Final = "aiowt_metric_series_overflowed"
-
 
 class _SnapshotCollector:
-    """A ``prometheus_client`` collector over one `MetricsSnapshot` (and a breaker status)."""
+    """A ``prometheus_client`` collector over one `MetricsSnapshot`."""
 
-    def __init__(self, snapshot: MetricsSnapshot, breaker: BreakerStatus | None) -> None:
+    def __init__(self, snapshot: MetricsSnapshot) -> None:
         self._snapshot = snapshot
-        self._breaker = breaker
 
     def collect(self) -> Iterable[Metric]:
         from prometheus_client.metrics_core import Metric
@@ -321,27 +316,12 @@ class _SnapshotCollector:
                     metric.add_sample(f"{name}_sum", base_labels, value.sum)
             yield metric
         if overflowed:
-            metric = Metric(
-                OVERFLOW_METRIC,
-                "Samples folded into a metric's overflow series (its label-set cap was reached).",
-                "counter",
-            )
+            spec = names.SERIES_OVERFLOWED
+            base = spec.name.removesuffix("_total")
+            metric = Metric(base, spec.help, "counter")
             for name, count in overflowed:
-                metric.add_sample(f"{OVERFLOW_METRIC}_total", {"metric": name}, count)
+                metric.add_sample(spec.name, {"metric": name}, count)
             yield metric
-        if self._breaker is not None:
-            state = Metric(
-                BREAKER_STATE_METRIC, "The circuit breaker's state (1: current).", "gauge"
-            )
-            for candidate in BreakerState:
-                current = 1.0 if candidate is self._breaker.state else 0.0
-                state.add_sample(BREAKER_STATE_METRIC, {"state": candidate.value}, current)
-            yield state
-            failures = Metric(
-                "aiowt_circuit_breaker_failures", "Failures inside the breaker's window.", "gauge"
-            )
-            failures.add_sample("aiowt_circuit_breaker_failures", {}, self._breaker.failures)
-            yield failures
 
 
 class PrometheusMetrics(Metrics, ServesPages):
@@ -359,10 +339,9 @@ class PrometheusMetrics(Metrics, ServesPages):
     Each scrape asks the collector for a snapshot (within `scrape_timeout` seconds,
     else the scrape fails with 503) and renders it with ``prometheus_client``
     (``generate_latest``, or OpenMetrics when the ``Accept`` header asks for it). With
-    `breaker` (a `CircuitBreaker` actor ref), its state is asked for too, and shown as
-    ``aiowt_circuit_breaker_state{state=...}`` (1 for the current state) and
-    ``aiowt_circuit_breaker_failures``. With `process`, the standard ``process_*``
-    metrics of ``prometheus_client`` are included.
+    `process`, the standard ``process_*`` metrics of ``prometheus_client`` are included.
+    A circuit breaker shows here when it reports to the same collector (it does when the
+    server hands it its `Services`, or when started with ``metrics=``).
     """
 
     def __init__(
@@ -370,7 +349,7 @@ class PrometheusMetrics(Metrics, ServesPages):
         metrics: MetricsRef | None = None,
         *,
         path: str = "/metrics",
-        breaker: pykka.ActorRef[BreakerActor] | None = None,
+        breaker: Any = None,
         process: bool = True,
         scrape_timeout: float = 5.0,
     ) -> None:
@@ -383,12 +362,16 @@ class PrometheusMetrics(Metrics, ServesPages):
         super().__init__(metrics)
         if not isinstance(path, str) or not path.startswith("/"):
             raise UsageError(f"path must start with '/', got {path!r}")
-        if breaker is not None and not isinstance(breaker, pykka.ActorRef):
-            raise UsageError("breaker must be a CircuitBreaker ActorRef or None")
+        if breaker is not None:
+            warnings.warn(
+                "PrometheusMetrics(breaker=...) is deprecated and ignored: a breaker reports"
+                " its state to its collector (the server's, or the one it was started with)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         if not isinstance(scrape_timeout, int | float) or scrape_timeout <= 0:
             raise UsageError(f"scrape_timeout must be a positive number, got {scrape_timeout!r}")
         self.path = path
-        self.breaker = breaker
         self.scrape_timeout = float(scrape_timeout)
         # Registered in no registry of its own: it joins each scrape's registry.
         self._process = ProcessCollector(registry=None) if process else None
@@ -405,9 +388,8 @@ class PrometheusMetrics(Metrics, ServesPages):
 
         async with asyncio.timeout(self.scrape_timeout):
             snapshot = await ask(self.service.ref(), TakeSnapshot())
-            breaker = await ask(self.breaker, GetBreakerStatus()) if self.breaker else None
         registry = CollectorRegistry(auto_describe=False)
-        registry.register(_SnapshotCollector(snapshot, breaker))
+        registry.register(_SnapshotCollector(snapshot))
         if self._process is not None:
             registry.register(self._process)
         encoder, content_type = choose_encoder(accept)

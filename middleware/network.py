@@ -15,13 +15,11 @@ from typing import NoReturn
 
 import structlog
 
-from aiowt.middleware.chain import CallNext
-from aiowt.transport.context import SessionContext
-from aiowt.transport.errors import Rejected, UsageError
-from aiowt.transport.request import ConnectRequest
+from aiowt.transport import ConnectRequest, Rejected, SessionContext, UsageError
 
+from ._options import callable_name, check_callable, header_name, maybe_await
+from .chain import CallNext
 from .keys import CLIENT_IP, IPAddress
-from .request import _callable_name, _check_callable, _header_name, _maybe_await
 
 __all__ = [
     "CORS",
@@ -171,7 +169,7 @@ class ClientIP:
         if isinstance(trusted_proxies, str):
             raise UsageError("trusted_proxies is a list of IPs or CIDRs, not one string")
         self.trusted = NetworkSet(parse_network(spec) for spec in trusted_proxies)
-        self.header = _header_name(header)
+        self.header = header_name(header)
 
     def __repr__(self) -> str:
         trusted = sorted(str(n) for n in self.trusted.networks)
@@ -402,14 +400,14 @@ class CORS:
         if not self.allowed_origins and validator is None:
             raise UsageError("CORS needs allowed_origins, a validator, or both")
         if validator is not None:
-            _check_callable(validator, "validator")
+            check_callable(validator, "validator")
         self.validator = validator
         self.allow_missing = allow_missing
         self._any = "*" in self.allowed_origins
         self._exact = frozenset(o for o in self.allowed_origins if o != "*")
 
     def __repr__(self) -> str:
-        validator = _callable_name(self.validator) if self.validator else None
+        validator = callable_name(self.validator) if self.validator else None
         return (
             f"CORS({list(self.allowed_origins)!r}, validator={validator},"
             f" allow_missing={self.allow_missing!r})"
@@ -429,7 +427,7 @@ class CORS:
     async def _admits(self, origin: str, ctx: SessionContext) -> bool:
         if self.validator is not None:
             try:
-                verdict = await _maybe_await(self.validator(origin, ctx))
+                verdict = await maybe_await(self.validator(origin, ctx))
             except Exception:
                 log.exception("origin validator raised; refusing", **ctx.ids)
                 return False

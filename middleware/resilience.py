@@ -20,7 +20,14 @@ from typing import Any
 import pykka
 import structlog
 
-from aiowt.actors._service import ServiceHandle, ask_future, tell_quietly
+from aiowt.actors import (
+    Breaker,
+    MetricsCollector,
+    ServiceHandle,
+    Services,
+    ask_future,
+    tell_quietly,
+)
 from aiowt.actors.breaker import (
     Admission,
     Admit,
@@ -29,11 +36,14 @@ from aiowt.actors.breaker import (
     SessionSucceeded,
     validate_breaker_settings,
 )
-from aiowt.actors.breaker import CircuitBreaker as BreakerActor
-from aiowt.actors.metrics import Inc
-from aiowt.transport.codes import CloseCode
-from aiowt.transport.context import SessionContext
-from aiowt.transport.errors import AiowtError, Rejected, SessionClosedError, UsageError
+from aiowt.transport import (
+    AiowtError,
+    CloseCode,
+    Rejected,
+    SessionClosedError,
+    SessionContext,
+    UsageError,
+)
 from aiowt.transport.events import (
     DatagramReceived,
     SessionAccepted,
@@ -44,11 +54,13 @@ from aiowt.transport.events import (
 )
 from aiowt.transport.session import Session, SessionTap
 
+from ._options import check_seconds, retry_after
 from .chain import CallNext
-from .limits import MetricsRef, _check_metrics, _check_seconds, _retry_after, report_rejection
+from .metrics import report_error, report_rejection
+
+MetricsRef = pykka.ActorRef[MetricsCollector]
 
 __all__ = [
-    "FAILURES_METRIC",
     "CircuitBreaker",
     "IdleTimeout",
     "Recover",
@@ -57,8 +69,6 @@ __all__ = [
 ]
 
 log = structlog.get_logger("aiowt.middleware")
-
-FAILURES_METRIC = "aiowt_session_failures_total"
 
 _DEFAULTS: dict[str, Any] = {"threshold": 5, "window": 60.0, "cooldown": 30.0, "half_open_max": 1}
 
@@ -69,7 +79,7 @@ _DEFAULTS: dict[str, Any] = {"threshold": 5, "window": 60.0, "cooldown": 30.0, "
 class CircuitBreaker:
     """Refuse sessions with 503 ("circuit open", `retry-after`) while the breaker is open.
 
-    Backed by the `aiowt.actors.CircuitBreaker` actor: give one with `breaker=`, or the
+    Backed by the `aiowt.actors.Breaker` actor: give one with `breaker=`, or the
     settings (`threshold` failures within `window` seconds open it for `cooldown`
     seconds; then `half_open_max` probe sessions at a time) and it starts its own.
 
@@ -91,7 +101,7 @@ class CircuitBreaker:
         half_open_max: int | None = None,
         *,
         probe_timeout: float | None = None,
-        breaker: pykka.ActorRef[BreakerActor] | None = None,
+        breaker: pykka.ActorRef[Breaker] | None = None,
         failure_codes: Collection[int] = (CloseCode.INTERNAL_ERROR,),
         metrics: MetricsRef | None = None,
         name: str = "default",
@@ -114,23 +124,30 @@ class CircuitBreaker:
         ):
             raise UsageError(f"failure_codes must be a collection of ints, got {failure_codes!r}")
         self.failure_codes = frozenset(int(code) for code in failure_codes)
-        self.metrics = _check_metrics(metrics)
+        self.metrics: ServiceHandle[MetricsCollector] = ServiceHandle(
+            metrics, MetricsCollector.start, "metrics"
+        )
         self.name = name
         self.settings = {**_DEFAULTS, **settings} if breaker is None else {}
         if breaker is None:
             # Validate now, with the actor's own checks, rather than at the first session.
             validate_breaker_settings(**self.settings)
 
-        def start() -> pykka.ActorRef[BreakerActor]:
-            return BreakerActor.start(**self.settings, clock=clock, metrics=metrics, name=name)
+        def start() -> pykka.ActorRef[Breaker]:
+            return Breaker.start(
+                **self.settings, clock=clock, metrics=self.metrics.started, name=name
+            )
 
-        self.service: ServiceHandle[BreakerActor] = ServiceHandle(breaker, start, "breaker")
+        self.service: ServiceHandle[Breaker] = ServiceHandle(breaker, start, "breaker")
 
     def __repr__(self) -> str:
         if not self.settings:
             return f"CircuitBreaker(breaker=<given>, name={self.name!r})"
         options = ", ".join(f"{k}={v:g}" for k, v in self.settings.items())
         return f"CircuitBreaker({options}, name={self.name!r})"
+
+    def use_services(self, services: Services, name: str) -> None:
+        self.metrics.bind(services.metrics)
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
         ref = self.service.ref()
@@ -142,8 +159,8 @@ class CircuitBreaker:
             _release_later(ref, future)
             raise
         if not admission.allowed:
-            report_rejection(self.metrics, "CircuitBreaker", 503)
-            raise Rejected(503, "circuit open", headers=[_retry_after(admission.retry_after)])
+            report_rejection(ctx, self.metrics.started, "CircuitBreaker", 503)
+            raise Rejected(503, "circuit open", headers=[retry_after(admission.retry_after)])
         outcome: type[SessionSucceeded | SessionFailed | SessionNotRun] = SessionNotRun
         try:
             await call_next(ctx)
@@ -201,7 +218,7 @@ class Recover:
     After acceptance (the handler raised, or an inner middleware's after-code did): the
     session is already closed with `INTERNAL_ERROR` by the handler actor (Recover
     closes it if not), the exception is logged with its traceback and the session's
-    ids, counted in `aiowt_session_failures_total`, and swallowed. Before acceptance it
+    ids, counted in `aiowt_session_errors_total`, and swallowed. Before acceptance it
     becomes `Rejected(500, "internal error")`. `Rejected` and cancellation pass through.
 
     Stream handlers are hooks of the session's handler actor, so their exceptions are
@@ -209,10 +226,15 @@ class Recover:
     """
 
     def __init__(self, *, metrics: MetricsRef | None = None) -> None:
-        self.metrics = _check_metrics(metrics)
+        self.metrics: ServiceHandle[MetricsCollector] = ServiceHandle(
+            metrics, MetricsCollector.start, "metrics"
+        )
 
     def __repr__(self) -> str:
         return "Recover()"
+
+    def use_services(self, services: Services, name: str) -> None:
+        self.metrics.bind(services.metrics)
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
         try:
@@ -221,7 +243,7 @@ class Recover:
             raise
         except Exception as error:
             accepted = ctx.session is not None
-            self._report(accepted)
+            report_error(ctx, self.metrics.started, accepted=accepted)
             if not accepted:
                 log.error("middleware failed before acceptance", exc_info=error, **ctx.ids)
                 raise Rejected(500, "internal error") from error
@@ -229,16 +251,6 @@ class Recover:
             if session is not None and not session.closed:
                 session.close(CloseCode.INTERNAL_ERROR, "internal error")
             log.error("session failed", exc_info=error, **ctx.ids)
-
-    def _report(self, accepted: bool) -> None:
-        tell_quietly(
-            self.metrics,
-            Inc(
-                FAILURES_METRIC,
-                labels={"stage": "session" if accepted else "handshake"},
-                help="Exceptions contained by Recover, by stage.",
-            ),
-        )
 
 
 # --- lifetimes ----------------------------------------------------------------------------
@@ -282,7 +294,7 @@ class Timeout:
     """Close each session `seconds` after it was accepted, with `CloseCode.TIMEOUT`."""
 
     def __init__(self, seconds: float) -> None:
-        self.seconds = _check_seconds("seconds", seconds)
+        self.seconds = check_seconds("seconds", seconds)
 
     def __repr__(self) -> str:
         return f"Timeout({self.seconds:g})"
@@ -305,8 +317,8 @@ class SessionTimeoutWithWarning:
     """
 
     def __init__(self, timeout: float, warning_before: float) -> None:
-        self.timeout = _check_seconds("timeout", timeout)
-        self.warning_before = _check_seconds("warning_before", warning_before)
+        self.timeout = check_seconds("timeout", timeout)
+        self.warning_before = check_seconds("warning_before", warning_before)
         if self.warning_before >= self.timeout:
             raise UsageError(
                 f"warning_before ({warning_before}) must be shorter than timeout ({timeout})"
@@ -397,7 +409,7 @@ class IdleTimeout:
     """
 
     def __init__(self, seconds: float) -> None:
-        self.seconds = _check_seconds("seconds", seconds)
+        self.seconds = check_seconds("seconds", seconds)
 
     def __repr__(self) -> str:
         return f"IdleTimeout({self.seconds:g})"

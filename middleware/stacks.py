@@ -30,14 +30,14 @@ from collections.abc import Sequence
 
 import pykka
 
-from aiowt.actors.metrics import MetricsCollector
+from aiowt.actors import MetricsCollector
 
 from .chain import Middleware
 from .compress import Compress
 from .limits import MaxSessions, RateLimit
 from .logging import COMBINED_LOG_FORMAT, DEV_LOG_FORMAT, AccessLog, EventLogger, LogContext, Logger
 from .metrics import Metrics
-from .request import RequestID
+from .request_id import RequestID
 from .resilience import Recover
 
 __all__ = ["common", "dev", "prod"]

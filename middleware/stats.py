@@ -1,52 +1,31 @@
-"""Session statistics kept in the `MetricsCollector`: concurrency and bandwidth.
+"""Session statistics from the `MetricsCollector`: concurrency and bandwidth.
 
-Both report by telling the collector given as `metrics`, or one they start themselves on
-first use (read it with `await mw.read()` or through `mw.service`; `aclose()` stops it).
+Both are observers (see `aiowt.middleware.metrics.Observer`): they report each session
+to the collector, once however many observers share it, and read the catalogue's
+figures back (`await mw.read()`).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final
 
-import pykka
-
-from aiowt.actors._service import ServiceHandle, ask, tell_quietly
-from aiowt.actors.metrics import AddGauge, Inc, MetricsCollector, TakeSnapshot
-from aiowt.transport.context import Key, SessionContext
-from aiowt.transport.errors import Rejected, UsageError
+from aiowt.actors import ask
+from aiowt.actors import metric_names as names
+from aiowt.actors.metrics import MetricsSnapshot, TakeSnapshot
+from aiowt.transport import Key, Session, SessionContext, SessionTap
 from aiowt.transport.events import SessionAccepted, SessionEvent
-from aiowt.transport.session import Session, SessionTap
 
 from .chain import CallNext
+from .metrics import Observer, report_session
 
 __all__ = [
-    "ACCEPTED_METRIC",
-    "ACTIVE_METRIC",
     "BANDWIDTH",
-    "BYTES_IN_METRIC",
-    "BYTES_OUT_METRIC",
-    "PEAK_METRIC",
-    "REJECTED_METRIC",
     "Bandwidth",
     "BandwidthCounter",
     "ConcurrencyCounts",
     "ConcurrencyStats",
     "TrafficCounts",
 ]
-
-ACTIVE_METRIC: Final = "aiowt_sessions_active"
-PEAK_METRIC: Final = "aiowt_sessions_peak"
-ACCEPTED_METRIC: Final = "aiowt_sessions_accepted_total"
-REJECTED_METRIC: Final = "aiowt_sessions_rejected_total"
-BYTES_IN_METRIC: Final = "aiowt_session_bytes_received_total"
-BYTES_OUT_METRIC: Final = "aiowt_session_bytes_sent_total"
-
-
-def _metrics_handle(metrics: object) -> ServiceHandle[MetricsCollector]:
-    if metrics is not None and not isinstance(metrics, pykka.ActorRef):
-        raise UsageError("metrics must be a MetricsCollector ActorRef or None")
-    return ServiceHandle(metrics, MetricsCollector.start, "metrics")
 
 
 # --- concurrency ----------------------------------------------------------------------------
@@ -62,74 +41,27 @@ class ConcurrencyCounts:
     rejected: int
 
 
-class _AcceptTap(SessionTap):
-    __slots__ = ("_ref", "accepted")
-
-    def __init__(self, ref: pykka.ActorRef[MetricsCollector]) -> None:
-        self._ref = ref
-        self.accepted = False
-
-    def observe(self, session: Session, event: SessionEvent) -> bool:
-        if type(event) is not SessionAccepted:
-            return True
-        self.accepted = True
-        tell_quietly(self._ref, Inc(ACCEPTED_METRIC, help="Sessions accepted."))
-        tell_quietly(
-            self._ref,
-            AddGauge(ACTIVE_METRIC, 1, help="Sessions accepted and not ended.", peak=PEAK_METRIC),
-        )
-        return True
-
-
-class ConcurrencyStats:
+class ConcurrencyStats(Observer):
     """Count sessions: active now, peak active, accepted, and rejected.
 
     Active goes up when a session is accepted (not when its CONNECT arrives) and down
     when the chain unwinds after its end. The peak is kept by the collector in the same
-    message as the increment, so it is exact. Rejected counts the `Rejected` verdicts
-    that pass through this middleware (so place it before the limits it should see),
-    labelled by status.
+    message as the increment, so it is exact. Rejected counts the refusals (`Rejected`)
+    from further in the chain, so place it before the limits it should see.
     """
-
-    def __init__(self, *, metrics: pykka.ActorRef[MetricsCollector] | None = None) -> None:
-        self.service = _metrics_handle(metrics)
 
     def __repr__(self) -> str:
         return f"ConcurrencyStats(metrics={self.service!r})"
-
-    async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        ref = self.service.ref()
-        tap = _AcceptTap(ref)
-        ctx.taps.append(tap)
-        try:
-            await call_next(ctx)
-        except Rejected as rejection:
-            tell_quietly(
-                ref,
-                Inc(
-                    REJECTED_METRIC,
-                    labels={"status": str(rejection.status)},
-                    help="Sessions refused on the CONNECT response, by status.",
-                ),
-            )
-            raise
-        finally:
-            if tap.accepted:
-                tell_quietly(ref, AddGauge(ACTIVE_METRIC, -1))
 
     async def read(self) -> ConcurrencyCounts:
         """The counts now (asks the collector; starts it if needed)."""
         snapshot = await ask(self.service.ref(), TakeSnapshot())
         return ConcurrencyCounts(
-            active=int(snapshot.value(ACTIVE_METRIC)),
-            peak=int(snapshot.value(PEAK_METRIC)),
-            accepted=int(snapshot.value(ACCEPTED_METRIC)),
-            rejected=int(snapshot.total(REJECTED_METRIC)),
+            active=int(snapshot.total(names.SESSIONS_ACTIVE.name)),
+            peak=int(snapshot.value(names.SESSIONS_ACTIVE_PEAK.name)),
+            accepted=int(snapshot.total(names.SESSIONS_ACCEPTED.name)),
+            rejected=int(snapshot.total(names.REJECTIONS.name)),
         )
-
-    async def aclose(self) -> None:
-        """Stop the collector if this middleware started it."""
-        await self.service.stop()
 
 
 # --- bandwidth ------------------------------------------------------------------------------
@@ -181,43 +113,36 @@ class TrafficCounts:
     bytes_out: int
 
 
-class Bandwidth:
+class Bandwidth(Observer):
     """Count each session's bytes at the transport; add them to the metrics at its end.
 
-    Handlers read the live counts through `ctx.get(BANDWIDTH)`. At the session's end
-    its totals go to `aiowt_session_bytes_received_total` and `..._sent_total`.
+    Handlers read the live counts through `ctx.get(BANDWIDTH)`. At the session's end its
+    totals are in the catalogue's ``aiowt_datagram_bytes_total`` and
+    ``aiowt_stream_bytes_total`` (by route and direction); `read()` adds them up.
     """
-
-    def __init__(self, *, metrics: pykka.ActorRef[MetricsCollector] | None = None) -> None:
-        self.service = _metrics_handle(metrics)
 
     def __repr__(self) -> str:
         return f"Bandwidth(metrics={self.service!r})"
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        ref = self.service.ref()
         counter = BandwidthCounter()
         ctx.set(BANDWIDTH, counter)
         ctx.taps.append(counter)
-        try:
+        async with report_session(ctx, self.service.ref()):
             await call_next(ctx)
-        finally:
-            if counter.attached_session is not None:
-                tell_quietly(
-                    ref,
-                    Inc(BYTES_IN_METRIC, counter.bytes_in, help="Payload bytes received."),
-                )
-                tell_quietly(
-                    ref, Inc(BYTES_OUT_METRIC, counter.bytes_out, help="Payload bytes sent.")
-                )
 
     async def read(self) -> TrafficCounts:
         """Totals of the sessions that have ended (asks the collector)."""
         snapshot = await ask(self.service.ref(), TakeSnapshot())
-        return TrafficCounts(
-            int(snapshot.value(BYTES_IN_METRIC)), int(snapshot.value(BYTES_OUT_METRIC))
-        )
+        return TrafficCounts(_bytes(snapshot, "in"), _bytes(snapshot, "out"))
 
-    async def aclose(self) -> None:
-        """Stop the collector if this middleware started it."""
-        await self.service.stop()
+
+def _bytes(snapshot: MetricsSnapshot, direction: str) -> int:
+    total = 0.0
+    for spec in (names.DATAGRAM_BYTES, names.STREAM_BYTES):
+        family = snapshot.families.get(spec.name)
+        for labels, value in family.series.items() if family is not None else ():
+            if ("direction", direction) in labels:
+                assert isinstance(value, int | float)
+                total += value
+    return int(total)

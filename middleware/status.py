@@ -1,8 +1,8 @@
 """Status: seed 003's status service for sessions, as JSON over plain HTTP, and a health check.
 
-`Status` is a middleware that counts each verdict by status code and adds up the
-response times, in a `MetricsCollector` (the one owner of shared counters), and serves
-``GET /.status``::
+`Status` is an observer (like `Metrics`, it reports each session to a
+`MetricsCollector`, the one owner of shared counters) that serves what the collector
+knows as seed 003's document, ``GET /.status``::
 
     {"pid": 21732, "uptime": "1m15.926272s", "uptime_sec": 75.926272,
      "time": "2026-03-04T08:00:27.152986+00:00", "time_unix": 1772611227,
@@ -28,48 +28,35 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any
 
 import pykka
 import structlog
 
-from aiowt.actors._service import ServiceHandle, ask, tell_quietly
-from aiowt.actors.metrics import AddGauge, Inc, MetricsCollector, TakeSnapshot
-from aiowt.transport.context import SessionContext
-from aiowt.transport.errors import UsageError
-from aiowt.transport.session import Session
+from aiowt.actors import MetricsCollector, ask
+from aiowt.actors import metric_names as names
+from aiowt.actors.metrics import HistogramValue, TakeSnapshot
+from aiowt.transport import UsageError
 
 from ._http import HttpRequest, HttpResponse, RouteHandler, ServesPages
-from .chain import CallNext
-from .logging import format_duration
-from .timing import observe, when_accepted
+from .access_format import format_duration
+from .metrics import Observer
 
-__all__ = [
-    "STATUS_ACTIVE_METRIC",
-    "STATUS_RESPONSES_METRIC",
-    "STATUS_RESPONSE_SECONDS_METRIC",
-    "HealthCheck",
-    "Status",
-]
+__all__ = ["HealthCheck", "Status"]
 
 log = structlog.get_logger("aiowt.status")
-
-STATUS_RESPONSES_METRIC: Final = "aiowt_status_responses_total"
-STATUS_RESPONSE_SECONDS_METRIC: Final = "aiowt_status_response_seconds_total"
-STATUS_ACTIVE_METRIC: Final = "aiowt_status_sessions_active"
 
 HealthCheck = Callable[[], bool | Awaitable[bool]]
 """A named health check: returns (or resolves to) True when healthy; raising is failing."""
 
 
-class Status(ServesPages):
-    """Count verdicts by status and their response times; serve them as JSON (seed 003).
+class Status(Observer, ServesPages):
+    """Report sessions (as `Metrics` does); serve verdicts and times as JSON (seed 003).
 
-    `metrics` is the `MetricsCollector` to count in (default: one started on first
-    use; `aclose()` stops it). `path` and `health_path` are where `serve` and `asgi`
-    answer. `checks` are extra named health checks, each given `timeout` seconds.
-    Verdicts given further out in the chain than this middleware are not seen: put it
-    early.
+    `metrics` is the `MetricsCollector` to report to and read (see `Observer`).
+    `path` and `health_path` are where `serve` and `asgi` answer. `checks` are extra
+    named health checks, each given `timeout` seconds. Verdicts given further out in
+    the chain than this middleware are not seen: put it early.
     """
 
     def __init__(
@@ -82,8 +69,7 @@ class Status(ServesPages):
         timeout: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        if metrics is not None and not isinstance(metrics, pykka.ActorRef):
-            raise UsageError("metrics must be a MetricsCollector ActorRef or None")
+        super().__init__(metrics)
         for name, value in (("path", path), ("health_path", health_path)):
             if not isinstance(value, str) or not value.startswith("/"):
                 raise UsageError(f"{name} must start with '/', got {value!r}")
@@ -97,7 +83,6 @@ class Status(ServesPages):
             raise UsageError(f"timeout must be a positive number, got {timeout!r}")
         if not callable(clock):
             raise UsageError("clock must be a callable returning seconds")
-        self.service = ServiceHandle(metrics, MetricsCollector.start, "metrics")
         self.path = path
         self.health_path = health_path
         self.checks = named
@@ -110,49 +95,24 @@ class Status(ServesPages):
         serving = f", serving={url}" if url is not None else ""
         return f"Status(path={self.path!r}, health_path={self.health_path!r}{serving})"
 
-    # --- the middleware --------------------------------------------------------------------------
-    async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        ref = self.service.ref()
-
-        def accepted(_: Session) -> None:
-            tell_quietly(ref, AddGauge(STATUS_ACTIVE_METRIC, 1, help="Sessions open now."))
-
-        when_accepted(ctx, accepted)
-        record, error = await observe(ctx, call_next)
-        if record.accepted:
-            tell_quietly(ref, AddGauge(STATUS_ACTIVE_METRIC, -1))
-        tell_quietly(
-            ref,
-            Inc(
-                STATUS_RESPONSES_METRIC,
-                labels={"status": str(record.status)},
-                help="CONNECT verdicts by status code.",
-            ),
-        )
-        tell_quietly(
-            ref,
-            Inc(
-                STATUS_RESPONSE_SECONDS_METRIC,
-                record.handshake_seconds,
-                help="Seconds from CONNECT to verdict, summed.",
-            ),
-        )
-        if error is not None:
-            raise error
-
     # --- reading ---------------------------------------------------------------------------------
     async def read(self) -> dict[str, Any]:
         """The status document (asks the collector)."""
         async with asyncio.timeout(self.timeout):
             snapshot = await ask(self.service.ref(), TakeSnapshot())
         counts: dict[str, int] = {}
-        family = snapshot.families.get(STATUS_RESPONSES_METRIC)
-        if family is not None:
-            for labels, value in sorted(family.series.items()):
-                assert isinstance(value, int | float)
-                counts[dict(labels).get("status", "other")] = int(value)
+        family = snapshot.families.get(names.HANDSHAKES.name)
+        for labels, value in sorted(family.series.items()) if family is not None else ():
+            assert isinstance(value, int | float)
+            status = dict(labels).get("status", "other")
+            counts[status] = counts.get(status, 0) + int(value)
+        counts = dict(sorted(counts.items()))
         total = sum(counts.values())
-        seconds = snapshot.value(STATUS_RESPONSE_SECONDS_METRIC)
+        seconds = 0.0
+        timed = snapshot.families.get(names.HANDSHAKE_SECONDS.name)
+        for histogram in timed.series.values() if timed is not None else ():
+            assert isinstance(histogram, HistogramValue)
+            seconds += histogram.sum
         average = seconds / total if total else 0.0
         uptime = self._clock() - self._started
         now = datetime.now(UTC)
@@ -168,7 +128,7 @@ class Status(ServesPages):
             "total_response_time_sec": round(seconds, 9),
             "average_response_time": format_duration(average),
             "average_response_time_sec": round(average, 9),
-            "active_sessions": int(snapshot.value(STATUS_ACTIVE_METRIC)),
+            "active_sessions": int(snapshot.total(names.SESSIONS_ACTIVE.name)),
         }
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
@@ -215,4 +175,4 @@ class Status(ServesPages):
     async def aclose(self) -> None:
         """Stop serving, and stop the collector if this middleware started it."""
         await self._stop_serving()
-        await self.service.stop()
+        await super().aclose()

@@ -34,9 +34,10 @@ import structlog
 from aiowt.transport.context import Key, SessionContext
 from aiowt.transport.errors import Rejected, UsageError
 
+from ._plumbing import observe
 from .chain import CallNext
 from .logging import EventLogger, _default_logger
-from .timing import observe
+from .record import SessionRecord
 
 if TYPE_CHECKING:
     from opentelemetry.trace import Span, Tracer
@@ -253,20 +254,21 @@ class Tracing:
         with structlog.contextvars.bound_contextvars(
             trace_id=trace.trace_id, span_id=trace.span_id
         ):
-            record, error = await observe(ctx, call_next)
-            self.logger.info(
-                "span ended",
-                trace_id=trace.trace_id,
-                span_id=trace.span_id,
-                parent_id=trace.parent_id,
-                name=f"WT {ctx.route_pattern}",
-                start=record.start_time.isoformat(),
-                duration=round(record.elapsed, 6),
-                status=record.status,
-                **({"error": record.error} if record.error else {}),
-            )
-        if error is not None:
-            raise error
+            async with observe(ctx, lambda c, r, e: self._log_span(trace, c, r)):
+                await call_next(ctx)
+
+    def _log_span(self, trace: TraceContext, ctx: SessionContext, record: SessionRecord) -> None:
+        self.logger.info(
+            "span ended",
+            trace_id=trace.trace_id,
+            span_id=trace.span_id,
+            parent_id=trace.parent_id,
+            name=f"WT {ctx.route_pattern}",
+            start=record.start_time.isoformat(),
+            duration=round(record.elapsed, 6),
+            status=record.status,
+            **({"error": record.error} if record.error else {}),
+        )
 
 
 # --- OpenTelemetry ---------------------------------------------------------------------------
@@ -344,26 +346,27 @@ class OTelTracing:
                 trace_id=trace.format_trace_id(span_context.trace_id),
                 span_id=trace.format_span_id(span_context.span_id),
             ):
-                record, error = await observe(ctx, call_next)
-            self._finish(span, record.status, error)
-            span.set_attributes(
-                {
-                    "aiowt.request_id": ctx.request_id or ctx.session_id,
-                    "aiowt.bytes_in": record.bytes_in,
-                    "aiowt.bytes_out": record.bytes_out,
-                }
-            )
-            if record.close_code is not None:
-                span.set_attribute("aiowt.close_code", record.close_code)
-            if record.rejected_by is not None:
-                span.set_attribute("aiowt.rejected_by", record.rejected_by)
-        if error is not None:
-            raise error
+                async with observe(ctx, lambda c, r, e: self._finish(span, c, r, e)):
+                    await call_next(ctx)
 
     @staticmethod
-    def _finish(span: Span, status: int, error: BaseException | None) -> None:
+    def _finish(
+        span: Span, ctx: SessionContext, record: SessionRecord, error: BaseException | None
+    ) -> None:
         from opentelemetry.trace import Status, StatusCode
 
+        status = record.status
+        span.set_attributes(
+            {
+                "aiowt.request_id": ctx.request_id or ctx.session_id,
+                "aiowt.bytes_in": record.bytes_in,
+                "aiowt.bytes_out": record.bytes_out,
+            }
+        )
+        if record.close_code is not None:
+            span.set_attribute("aiowt.close_code", record.close_code)
+        if record.rejected_by is not None:
+            span.set_attribute("aiowt.rejected_by", record.rejected_by)
         span.set_attribute("http.response.status_code", status)
         if error is not None and not isinstance(error, Rejected):
             span.record_exception(error)

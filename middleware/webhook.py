@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import contextvars
 import json
-import math
 import random
 import ssl
 import time
@@ -31,22 +30,23 @@ from urllib.parse import urlsplit
 import pykka
 import structlog
 
-from aiowt.actors._service import tell_quietly
-from aiowt.actors.metrics import Inc, MetricsCollector
-from aiowt.transport.context import SessionContext
-from aiowt.transport.errors import UsageError
+from aiowt.actors import MetricsCollector, ServiceHandle, Services, tell_quietly
+from aiowt.actors.metric_names import WEBHOOK_EVENTS
+from aiowt.actors.metrics import Inc
+from aiowt.transport import SessionContext, UsageError
 
+from ._options import check_int, check_seconds
+from ._plumbing import observe, when_accepted
 from .chain import CallNext
-from .timing import SessionRecord, observe, when_accepted
+from .record import SessionRecord
 
-__all__ = ["EVENTS", "WEBHOOK_METRIC", "Webhook", "WebhookEvent", "WebhookStats"]
+__all__ = ["EVENTS", "Webhook", "WebhookEvent", "WebhookStats"]
 
 log = structlog.get_logger("aiowt.webhook")
 
 EVENTS: Final = frozenset({"connect", "disconnect", "rejected"})
 """The events there are: a session accepted, a session ended, a CONNECT refused."""
 
-WEBHOOK_METRIC: Final = "aiowt_webhook_events_total"
 
 _RETRYABLE_4XX = frozenset({408, 425, 429})
 _CRLF = frozenset("\r\n")
@@ -135,16 +135,17 @@ class Webhook:
         chosen = frozenset(events)
         if not chosen or not chosen <= EVENTS:
             raise UsageError(f"events must be some of {sorted(EVENTS)}, got {sorted(chosen)}")
-        _check_int("queue_size", queue_size, 1)
-        _check_int("retries", retries, 0)
-        _check_seconds("backoff", backoff, allow_zero=True)
-        _check_seconds("max_backoff", max_backoff, allow_zero=True)
-        _check_seconds("timeout", timeout, allow_zero=False)
+        check_int("queue_size", queue_size, 1)
+        check_int("retries", retries, 0)
+        check_seconds("backoff", backoff, allow_zero=True)
+        check_seconds("max_backoff", max_backoff, allow_zero=True)
+        check_seconds("timeout", timeout, allow_zero=False)
         for name, value in headers:
             if not (isinstance(name, str) and isinstance(value, str)) or _CRLF & set(name + value):
                 raise UsageError(f"bad header {name!r}: {value!r}")
-        if metrics is not None and not isinstance(metrics, pykka.ActorRef):
-            raise UsageError("metrics must be a MetricsCollector ActorRef or None")
+        self.metrics: ServiceHandle[MetricsCollector] = ServiceHandle(
+            metrics, MetricsCollector.start, "metrics"
+        )
         if tls is not None and (parts.scheme != "https" or not isinstance(tls, ssl.SSLContext)):
             raise UsageError("tls is an ssl.SSLContext, for an https:// url only")
         self.url = url
@@ -154,7 +155,6 @@ class Webhook:
         self.backoff = float(backoff)
         self.max_backoff = float(max_backoff)
         self.timeout = float(timeout)
-        self.metrics = metrics
         if parts.scheme == "https" and tls is None:
             # Made once: loading the CA store is file I/O, not for every POST on the loop.
             tls = ssl.create_default_context()
@@ -193,14 +193,15 @@ class Webhook:
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
         if "connect" in self.events:
             when_accepted(ctx, lambda _: self._emit(self._event("connect", ctx)))
-        record, error = await observe(ctx, call_next)
+        async with observe(ctx, self._ended):
+            await call_next(ctx)
+
+    def _ended(self, ctx: SessionContext, record: SessionRecord, _: BaseException | None) -> None:
         if record.accepted:
             if "disconnect" in self.events:
                 self._emit(self._event("disconnect", ctx, record))
         elif "rejected" in self.events:
             self._emit(self._event("rejected", ctx, record))
-        if error is not None:
-            raise error
 
     @staticmethod
     def _event(kind: str, ctx: SessionContext, record: SessionRecord | None = None) -> WebhookEvent:
@@ -300,15 +301,11 @@ class Webhook:
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
 
+    def use_services(self, services: Services, name: str) -> None:
+        self.metrics.bind(services.metrics)
+
     def _count(self, outcome: str) -> None:
-        tell_quietly(
-            self.metrics,
-            Inc(
-                WEBHOOK_METRIC,
-                labels={"outcome": outcome},
-                help="Webhook events by outcome: sent, failed, dropped (queue full).",
-            ),
-        )
+        tell_quietly(self.metrics.started, Inc(WEBHOOK_EVENTS.name, labels={"outcome": outcome}))
 
     async def aclose(self, timeout: float = 5.0) -> None:
         """Stop taking events, deliver what is queued (for up to `timeout` s), then stop."""
@@ -323,15 +320,3 @@ class Webhook:
             task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await task
-
-
-def _check_int(name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise UsageError(f"{name} must be an int >= {minimum}, got {value!r}")
-
-
-def _check_seconds(name: str, value: object, *, allow_zero: bool) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise UsageError(f"{name} must be a finite number of seconds, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UsageError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")

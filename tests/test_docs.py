@@ -43,6 +43,14 @@ def test_the_readme_states_the_real_defaults() -> None:
     documented = eval(block.group(1), {"Server": Server, "ConnectionLimits": ConnectionLimits})
     default = Server()
     for name in inspect.signature(Server).parameters:
-        if name in {"host", "port", "cert_file", "key_file", "certificate", "reuse_port"}:
+        if name in {
+            "host",
+            "port",
+            "cert_file",
+            "key_file",
+            "certificate",
+            "reuse_port",
+            "services",
+        }:
             continue
         assert getattr(documented, name) == getattr(default, name), name

@@ -18,6 +18,7 @@ __all__ = [
     "FrameTooLarge",
     "HandshakeError",
     "MalformedFrame",
+    "MalformedQuery",
     "PeerError",
     "Rejected",
     "SessionClosedError",
@@ -56,6 +57,10 @@ class FrameTooLarge(PeerError):
     """A frame or message announced or reached a size above the configured limit."""
 
     code = CloseCode.MESSAGE_TOO_LARGE
+
+
+class MalformedQuery(PeerError):
+    """A query string that `parse_query` refuses; the message says why (never the value)."""
 
 
 class Rejected(AiowtError):

@@ -1,11 +1,46 @@
-"""The extended CONNECT request as the transport received it."""
+"""The extended CONNECT request as the transport received it, and its query string."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
-__all__ = ["ConnectRequest"]
+from .errors import MalformedQuery
+
+__all__ = ["ConnectRequest", "parse_query"]
+
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+def parse_query(
+    query_string: str, *, strict: bool = True, max_fields: int = 256
+) -> dict[str, tuple[str, ...]]:
+    """Decode a query string: name → every value, in order.
+
+    Strict (the default) refuses, with `MalformedQuery`, what a browser never produces
+    and a credential must not be guessed from: a ``%`` not followed by two hex digits,
+    percent-escapes that decode to invalid UTF-8, more than `max_fields` fields.
+    Lenient (``strict=False``) never raises: bad escapes and bytes are kept as they
+    come or replaced, and there is no field limit.
+    """
+    if not strict:
+        pairs = parse_qsl(query_string, keep_blank_values=True)
+    else:
+        if _BAD_ESCAPE.search(query_string):
+            raise MalformedQuery("invalid percent-escape")
+        try:
+            pairs = parse_qsl(
+                query_string, keep_blank_values=True, errors="strict", max_num_fields=max_fields
+            )
+        except UnicodeDecodeError:
+            raise MalformedQuery("percent-escapes are not UTF-8") from None
+        except ValueError:
+            raise MalformedQuery(f"more than {max_fields} fields") from None
+    result: dict[str, list[str]] = {}
+    for name, value in pairs:
+        result.setdefault(name, []).append(value)
+    return {name: tuple(values) for name, values in result.items()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,11 +75,8 @@ class ConnectRequest:
 
     @property
     def query(self) -> dict[str, list[str]]:
-        """Query parameters; malformed pairs are kept as blank values, never raise."""
-        result: dict[str, list[str]] = {}
-        for key, value in parse_qsl(self.query_string, keep_blank_values=True):
-            result.setdefault(key, []).append(value)
-        return result
+        """Query parameters, decoded leniently (`parse_query` with ``strict=False``)."""
+        return {k: list(v) for k, v in parse_query(self.query_string, strict=False).items()}
 
     @property
     def origin(self) -> str | None:

@@ -26,8 +26,7 @@ import structlog
 from pykka import ActorRef
 
 from aiowt import Server
-from aiowt.actors import Handler
-from aiowt.actors._service import ServiceHandle, ask, tell_quietly
+from aiowt.actors import Handler, ServiceHandle, ask, tell_quietly
 from aiowt.actors.outbound import OutboundChannel
 from aiowt.actors.rooms import (
     JoinRoom,

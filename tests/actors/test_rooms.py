@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 from pykka import ActorDeadError, ActorRef
 
-from aiowt.actors._runtime import LoopActor
-from aiowt.actors._service import ask
+from aiowt.actors import LoopActor, ask
 from aiowt.actors.rooms import (
     FindRoom,
     GetHistory,

@@ -14,12 +14,8 @@ import pytest
 from pykka import ActorDeadError, ActorRegistry
 from structlog.testing import capture_logs
 
-from aiowt.actors._runtime import (
-    BlockingGetOnLoopError,
-    LoopActor,
-    LoopFuture,
-    NoRunningLoopError,
-)
+from aiowt.actors import LoopActor
+from aiowt.actors._runtime import BlockingGetOnLoopError, LoopFuture, NoRunningLoopError
 
 T = TypeVar("T")
 

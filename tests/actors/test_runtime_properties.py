@@ -21,7 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
-from aiowt.actors._runtime import LoopActor, LoopFuture
+from aiowt.actors import LoopActor
+from aiowt.actors._runtime import LoopFuture
 
 T = TypeVar("T")
 

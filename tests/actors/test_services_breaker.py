@@ -1,4 +1,4 @@
-"""`CircuitBreaker` actor: transitions on a fake clock, and a stateful model check whose
+"""`Breaker` actor: transitions on a fake clock, and a stateful model check whose
 bursts of sessions run concurrently from tasks and threads."""
 
 from __future__ import annotations
@@ -14,21 +14,20 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, rule
 
-from aiowt.actors._service import ask
+from aiowt.actors import ask
 from aiowt.actors.breaker import (
-    STATE_METRIC,
-    TRANSITIONS_METRIC,
     Admission,
     Admit,
+    Breaker,
     BreakerState,
     BreakerStatus,
-    CircuitBreaker,
     GetBreakerStatus,
     ResetBreaker,
     SessionFailed,
     SessionNotRun,
     SessionSucceeded,
 )
+from aiowt.actors.metric_names import BREAKER_FAILURES, BREAKER_STATE, BREAKER_TRANSITIONS
 from aiowt.actors.metrics import MetricsCollector, TakeSnapshot
 from aiowt.transport.errors import UsageError
 from tests.actors.test_services_harness import (
@@ -59,8 +58,8 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-async def breaker(clock: FakeClock) -> AsyncIterator[pykka.ActorRef[CircuitBreaker]]:
-    ref = CircuitBreaker.start(
+async def breaker(clock: FakeClock) -> AsyncIterator[pykka.ActorRef[Breaker]]:
+    ref = Breaker.start(
         threshold=3, window=10, cooldown=5, half_open_max=2, probe_timeout=8, clock=clock
     )
     yield ref
@@ -68,7 +67,7 @@ async def breaker(clock: FakeClock) -> AsyncIterator[pykka.ActorRef[CircuitBreak
 
 
 async def test_threshold_failures_within_the_window_open_the_circuit(
-    breaker: pykka.ActorRef[CircuitBreaker], clock: FakeClock
+    breaker: pykka.ActorRef[Breaker], clock: FakeClock
 ) -> None:
     assert await ask(breaker, Admit()) == Admission(True, CLOSED)
     for expected in (CLOSED, CLOSED, OPEN):
@@ -79,7 +78,7 @@ async def test_threshold_failures_within_the_window_open_the_circuit(
 
 
 async def test_failures_decay_out_of_the_window(
-    breaker: pykka.ActorRef[CircuitBreaker], clock: FakeClock
+    breaker: pykka.ActorRef[Breaker], clock: FakeClock
 ) -> None:
     for _ in range(10):
         assert await ask(breaker, SessionFailed()) is CLOSED
@@ -90,14 +89,14 @@ async def test_failures_decay_out_of_the_window(
     assert await ask(breaker, GetBreakerStatus()) == BreakerStatus(CLOSED, 0, 0)
 
 
-async def _trip(breaker: pykka.ActorRef[CircuitBreaker]) -> None:
+async def _trip(breaker: pykka.ActorRef[Breaker]) -> None:
     for _ in range(3):
         await ask(breaker, SessionFailed())
     assert (await ask(breaker, GetBreakerStatus())).state is OPEN
 
 
 async def test_half_open_admits_a_limited_number_of_probes(
-    breaker: pykka.ActorRef[CircuitBreaker], clock: FakeClock
+    breaker: pykka.ActorRef[Breaker], clock: FakeClock
 ) -> None:
     await _trip(breaker)
     clock.now += 5
@@ -122,7 +121,7 @@ async def test_half_open_admits_a_limited_number_of_probes(
 
 
 async def test_a_failing_probe_reopens_for_a_new_cooldown(
-    breaker: pykka.ActorRef[CircuitBreaker], clock: FakeClock
+    breaker: pykka.ActorRef[Breaker], clock: FakeClock
 ) -> None:
     await _trip(breaker)
     clock.now += 5
@@ -133,7 +132,7 @@ async def test_a_failing_probe_reopens_for_a_new_cooldown(
 
 
 async def test_a_long_lived_probe_counts_as_a_success(
-    breaker: pykka.ActorRef[CircuitBreaker], clock: FakeClock
+    breaker: pykka.ActorRef[Breaker], clock: FakeClock
 ) -> None:
     await _trip(breaker)
     clock.now += 5
@@ -146,9 +145,7 @@ async def test_a_long_lived_probe_counts_as_a_success(
     assert await ask(breaker, SessionFailed(probe.probe_id)) is CLOSED
 
 
-async def test_reset_closes_and_forgets(
-    breaker: pykka.ActorRef[CircuitBreaker], clock: FakeClock
-) -> None:
+async def test_reset_closes_and_forgets(breaker: pykka.ActorRef[Breaker], clock: FakeClock) -> None:
     await _trip(breaker)
     assert await ask(breaker, ResetBreaker()) is CLOSED
     assert await ask(breaker, GetBreakerStatus()) == BreakerStatus(CLOSED, 0, 0)
@@ -156,7 +153,7 @@ async def test_reset_closes_and_forgets(
 
 async def test_state_changes_are_reported_to_the_metrics(clock: FakeClock) -> None:
     metrics = MetricsCollector.start()
-    ref = CircuitBreaker.start(threshold=1, cooldown=5, clock=clock, metrics=metrics, name="db")
+    ref = Breaker.start(threshold=1, cooldown=5, clock=clock, metrics=metrics, name="db")
     try:
         snap = await ask(metrics, TakeSnapshot())  # on_start's gauge came first
         await ask(ref, SessionFailed())
@@ -165,9 +162,14 @@ async def test_state_changes_are_reported_to_the_metrics(clock: FakeClock) -> No
         await ask(ref, SessionSucceeded(probe.probe_id))
         await ask(ref, GetBreakerStatus())  # the breaker's tells are in the collector's inbox
         snap = await ask(metrics, TakeSnapshot())
-        assert snap.value(STATE_METRIC, {"breaker": "db"}) == 0
+        states = {
+            s.value: snap.value(BREAKER_STATE.name, {"breaker": "db", "state": s.value})
+            for s in BreakerState
+        }
+        assert states == {"closed": 1, "open": 0, "half_open": 0}
         for to in ("open", "half_open", "closed"):
-            assert snap.value(TRANSITIONS_METRIC, {"breaker": "db", "to": to}) == 1
+            assert snap.value(BREAKER_TRANSITIONS.name, {"breaker": "db", "to": to}) == 1
+        assert snap.value(BREAKER_FAILURES.name, {"breaker": "db"}) == 0
     finally:
         await ref.stop(block=False)
         await metrics.stop(block=False)
@@ -188,7 +190,7 @@ async def test_state_changes_are_reported_to_the_metrics(clock: FakeClock) -> No
 )
 def test_settings_are_validated(options: dict[str, Any]) -> None:
     with pytest.raises(UsageError):
-        CircuitBreaker(**options)
+        Breaker(**options)
 
 
 # --- the stateful model check ---------------------------------------------------------------
@@ -266,7 +268,7 @@ class BreakerModel:
         return (self.state, self._in_window(self.clock.now), sorted(self.probes), opened)
 
 
-def breaker_view(actor: CircuitBreaker) -> object:
+def breaker_view(actor: Breaker) -> object:
     now = actor._clock()
     in_window = sum(1 for f in actor._failures if f > now - actor.window)
     opened = actor._opened_at if actor._state is not CLOSED else None
@@ -317,8 +319,8 @@ class BreakerMachine(RuleBasedStateMachine):
         self.home = LoopThread()
         self.lingering: list[int | None] = []
 
-        async def start() -> pykka.ActorRef[CircuitBreaker]:
-            return recording(CircuitBreaker, breaker_view).start(
+        async def start() -> pykka.ActorRef[Breaker]:
+            return recording(Breaker, breaker_view).start(
                 **SETTINGS, probe_timeout=PROBE_TIMEOUT, clock=self.clock
             )
 

@@ -27,7 +27,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 import pykka
 import pytest
 
-from aiowt.actors._service import Request, Service, handles
+from aiowt.actors import Request, Service, handles
 
 TIMEOUT = 10.0
 

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aiowt.actors._service import ask
+from aiowt.actors import ask
 from aiowt.actors.metrics import (
     DEFAULT_BUCKETS,
     OVERFLOW_LABELS,
@@ -182,13 +182,14 @@ class MetricsModel:
             if isinstance(family, Failed):
                 return family
             key = self._key(family, message.labels)
-            new = family["series"][key] = family["series"].get(key, 0) + message.delta
+            family["series"][key] = family["series"].get(key, 0) + message.delta
             if message.peak is not None:
+                total = sum(family["series"].values())
                 peak = self._family(message.peak, "gauge")
                 assert not isinstance(peak, Failed)
-                peak_key = self._key(peak, message.labels)
-                if peak_key not in peak["series"] or new > peak["series"][peak_key]:
-                    peak["series"][peak_key] = new
+                peak_key = self._key(peak, None)
+                if peak_key not in peak["series"] or total > peak["series"][peak_key]:
+                    peak["series"][peak_key] = total
             return None
         if isinstance(message, Observe):
             family = self._family(message.name, "histogram")

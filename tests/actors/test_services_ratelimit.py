@@ -8,7 +8,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aiowt.actors._service import ask
+from aiowt.actors import ask
 from aiowt.actors.ratelimit import Acquire, CountHolders, HolderCounts, RateLimitRegistry, Release
 from tests.actors.test_services_harness import (
     Failed,

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from aiowt.actors._service import ask
+from aiowt.actors import ask
 from aiowt.actors.sessions import (
     Attach,
     Broadcast,

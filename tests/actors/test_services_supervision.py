@@ -17,8 +17,8 @@ import pykka
 import pytest
 from structlog.testing import capture_logs
 
-from aiowt.actors._runtime import LoopActor
-from aiowt.actors._service import (
+from aiowt.actors import (
+    LoopActor,
     Request,
     Service,
     ServiceHandle,
@@ -30,8 +30,8 @@ from aiowt.actors._service import (
 )
 from aiowt.actors.breaker import (
     Admit,
+    Breaker,
     BreakerState,
-    CircuitBreaker,
     GetBreakerStatus,
     SessionFailed,
 )
@@ -285,7 +285,7 @@ async def test_circuit_breaker_survives_bad_messages_and_a_broken_clock() -> Non
             return float("nan")
         return now[0]
 
-    ref = CircuitBreaker.start(threshold=2, window=10, cooldown=5, clock=clock)
+    ref = Breaker.start(threshold=2, window=10, cooldown=5, clock=clock)
     try:
         assert await ask(ref, SessionFailed()) is BreakerState.CLOSED
         await _feed_bad(ref, [*BAD_COMMON, SessionFailed(probe_id="1")])  # type: ignore[arg-type]

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 
 from aiowt import Server
-from aiowt.actors._service import ask
+from aiowt.actors import ask
 from aiowt.actors.rooms import FindRoom, GetMembers, ListRooms
 from aiowt.transport import (
     CloseCode,

@@ -24,6 +24,9 @@ from hypothesis import strategies as st
 
 from aiowt import Server
 from aiowt.middleware.auth import BasicAuth, BearerAuth, QueryAuth, StaticTokens
+from aiowt.middleware.control import ErrorHandler, If
+from aiowt.middleware.extract import ExtractHeader, SessionData
+from aiowt.middleware.headers import RequireHeader
 from aiowt.middleware.network import (
     CORS,
     BlockUserAgent,
@@ -31,15 +34,8 @@ from aiowt.middleware.network import (
     IPBlockList,
     RequireUserAgent,
 )
-from aiowt.middleware.request import (
-    ErrorHandler,
-    ExtractHeader,
-    If,
-    RequestID,
-    RequireHeader,
-    SessionData,
-    Subprotocols,
-)
+from aiowt.middleware.request_id import RequestID
+from aiowt.middleware.subprotocols import Subprotocols
 from aiowt.transport import HandshakeError, Key, Session, connect
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo

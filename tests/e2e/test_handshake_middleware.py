@@ -20,6 +20,9 @@ from aiowt import Server
 from aiowt.actors import Handler
 from aiowt.middleware.auth import BasicAuth, BearerAuth, QueryAuth, RequireKey, StaticTokens
 from aiowt.middleware.chain import CallNext
+from aiowt.middleware.control import ErrorHandler, If
+from aiowt.middleware.extract import ExtractHeader, ExtractHeaders, SessionData
+from aiowt.middleware.headers import PoweredBy, RequireHeader
 from aiowt.middleware.keys import (
     AUTH_SCHEME,
     CLIENT_IP,
@@ -37,17 +40,8 @@ from aiowt.middleware.network import (
     IPBlockList,
     RequireUserAgent,
 )
-from aiowt.middleware.request import (
-    ErrorHandler,
-    ExtractHeader,
-    ExtractHeaders,
-    If,
-    PoweredBy,
-    RequestID,
-    RequireHeader,
-    SessionData,
-    Subprotocols,
-)
+from aiowt.middleware.request_id import RequestID
+from aiowt.middleware.subprotocols import Subprotocols
 from aiowt.transport import HandshakeError, Key, Session, SessionContext
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded

@@ -10,8 +10,7 @@ import random
 from typing import ClassVar
 
 from aiowt import Server
-from aiowt.actors import Handler
-from aiowt.actors._service import ask
+from aiowt.actors import Handler, ask
 from aiowt.actors.ratelimit import HolderCounts, RateLimitRegistry
 from aiowt.actors.sessions import CountSessions, SessionRegistry
 from aiowt.middleware.limits import MaxSessions, RateLimit, RouteRateLimit

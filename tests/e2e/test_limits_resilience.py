@@ -10,9 +10,8 @@ from typing import ClassVar
 import pytest
 from structlog.testing import capture_logs
 
-from aiowt.actors import Handler
-from aiowt.actors._service import ask
-from aiowt.actors.breaker import STATE_METRIC
+from aiowt.actors import Handler, ask
+from aiowt.actors import metric_names as names
 from aiowt.actors.metrics import MetricsCollector, TakeSnapshot
 from aiowt.middleware.chain import CallNext
 from aiowt.middleware.limits import MaxSessions
@@ -188,11 +187,10 @@ async def test_the_breaker_opens_refuses_with_503_then_probes_and_closes(
     await client(server, "/f")
     await client(server, "/f")  # closed again: no probe limit
     snapshot = await ask(metrics, TakeSnapshot())
-    assert snapshot.value(STATE_METRIC, {"breaker": "default"}) == 0
-    assert (
-        snapshot.value("aiowt_rejections_total", {"middleware": "CircuitBreaker", "status": "503"})
-        == 2
-    )
+    closed = {"breaker": "default", "state": "closed"}
+    assert snapshot.value(names.BREAKER_STATE.name, closed) == 1
+    refused = {"route": "/f", "middleware": "CircuitBreaker", "status": "503"}
+    assert snapshot.value(names.REJECTIONS.name, refused) == 2
 
 
 async def test_concurrency_stats_after_sessions_end(

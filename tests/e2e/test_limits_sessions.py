@@ -11,8 +11,7 @@ import pykka
 import pytest
 
 from aiowt import Server
-from aiowt.actors import Handler
-from aiowt.actors._service import ask
+from aiowt.actors import Handler, ask
 from aiowt.actors.ratelimit import HolderCounts, RateLimitRegistry
 from aiowt.actors.sessions import (
     Broadcast,

@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 
-from aiowt.actors import Handler
-from aiowt.actors._service import ask
+from aiowt.actors import Handler, ask
+from aiowt.actors import metric_names as names
 from aiowt.actors.metrics import MetricsCollector, TakeSnapshot
-from aiowt.middleware.limits import EXCESS_METRIC, REFUSED_STREAMS_METRIC, DepthGuard, TokenBucket
-from aiowt.middleware.stats import BANDWIDTH, BYTES_IN_METRIC, BYTES_OUT_METRIC, Bandwidth
+from aiowt.middleware.limits import DepthGuard, TokenBucket
+from aiowt.middleware.stats import BANDWIDTH, Bandwidth
 from aiowt.transport import CloseCode, StreamClosedError, StreamErrorCode
 from aiowt.transport.framing import encode_message
 from examples.echo import Echo
@@ -46,7 +46,9 @@ async def test_token_bucket_drops_datagrams_past_the_burst_and_counts_them(
     await session.aclose()  # reliable, after the datagrams: every one was metered before
     await ends.next()
     snapshot = await ask(metrics, TakeSnapshot())
-    assert snapshot.value(EXCESS_METRIC, {"kind": "datagram", "action": "drop"}) == 7
+    assert (
+        snapshot.value(names.TOKEN_BUCKET_EXCESS.name, {"kind": "datagram", "action": "drop"}) == 7
+    )
     assert Counting.received.empty()
 
 
@@ -116,7 +118,7 @@ async def test_depth_guard_refuses_the_stream_past_the_limit_and_frees_slots(
     await session.aclose()
     await ends.next()
     snapshot = await ask(metrics, TakeSnapshot())
-    assert snapshot.value(REFUSED_STREAMS_METRIC, {"middleware": "DepthGuard"}) == 2
+    assert snapshot.value(names.STREAMS_REFUSED.name, {"middleware": "DepthGuard"}) == 2
 
 
 class Metered(Echo):
@@ -155,5 +157,7 @@ async def test_bandwidth_counts_every_payload_byte_at_the_transport(
     assert counts.bytes_out == 100 + len(payload) + reply
     assert bandwidth.service.started is not None
     snapshot = await ask(bandwidth.service.started, TakeSnapshot())
-    assert snapshot.value(BYTES_IN_METRIC) == counts.bytes_in
-    assert snapshot.value(BYTES_OUT_METRIC) == counts.bytes_out
+    for direction, total in (("in", counts.bytes_in), ("out", counts.bytes_out)):
+        labels = {"route": "/echo", "direction": direction}
+        kinds = (names.DATAGRAM_BYTES, names.STREAM_BYTES)
+        assert sum(snapshot.value(kind.name, labels) for kind in kinds) == total

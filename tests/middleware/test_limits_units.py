@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
@@ -12,16 +13,15 @@ import pykka
 import pytest
 from structlog.testing import capture_logs
 
-from aiowt.actors._service import ask
+from aiowt.actors import Breaker as BreakerActor
+from aiowt.actors import ask
+from aiowt.actors import metric_names as names
 from aiowt.actors.breaker import BreakerStatus, GetBreakerStatus
-from aiowt.actors.breaker import CircuitBreaker as BreakerActor
 from aiowt.actors.metrics import MetricsCollector, TakeSnapshot
 from aiowt.actors.ratelimit import HolderCounts, RateLimitRegistry
 from aiowt.actors.sessions import CountSessions, LookupSession, SessionRegistry
 from aiowt.middleware.chain import CallNext
 from aiowt.middleware.limits import (
-    EXCESS_METRIC,
-    REJECTIONS_METRIC,
     SESSION_BUCKET,
     DepthGuard,
     MaxSessions,
@@ -43,6 +43,7 @@ from aiowt.transport.context import CloseInfo, SessionContext
 from aiowt.transport.errors import Rejected, SessionClosedError, UsageError
 from aiowt.transport.events import (
     DatagramReceived,
+    DatagramSent,
     SessionAccepted,
     StreamClosed,
     StreamDataReceived,
@@ -106,6 +107,7 @@ def accepting(
         session = FakeSession()
         ctx.session = cast(Session, session)
         ctx.status = 200
+        ctx.accepted_at = time.monotonic()
         for tap in ctx.taps:
             tap.observe(cast(Session, session), SessionAccepted())
         if during is not None:
@@ -237,7 +239,13 @@ async def test_rate_limit_keys_on_the_ip_not_the_port_and_says_when_to_retry(
         await first
     assert await ask(rate_registry, HolderCounts()) == {}
     snap = await ask(metrics, TakeSnapshot())
-    assert snap.value(REJECTIONS_METRIC, {"middleware": "RateLimit", "status": "429"}) == 1
+    assert (
+        snap.value(
+            names.REJECTIONS.name,
+            {"route": "/room/{id}", "middleware": "RateLimit", "status": "429"},
+        )
+        == 1
+    )
 
 
 @pytest.mark.parametrize(
@@ -372,8 +380,8 @@ async def test_token_bucket_drops_the_excess_and_refills(
     await bucket_mw(make_ctx(), accepting(traffic))
     assert seen == [True, True, True, False, False, True, True, True, False]
     snap = await ask(metrics, TakeSnapshot())
-    assert snap.value(EXCESS_METRIC, {"kind": "datagram", "action": "drop"}) == 2
-    assert snap.value(EXCESS_METRIC, {"kind": "stream", "action": "drop"}) == 1
+    assert snap.value(names.TOKEN_BUCKET_EXCESS.name, {"kind": "datagram", "action": "drop"}) == 2
+    assert snap.value(names.TOKEN_BUCKET_EXCESS.name, {"kind": "stream", "action": "drop"}) == 1
 
 
 async def test_token_bucket_close_mode_closes_with_rate_limited() -> None:
@@ -458,7 +466,8 @@ async def test_recover_swallows_a_session_failure_and_closes_the_session(
     assert entry["session_id"] == ctx.session_id
     assert isinstance(entry["exc_info"], ValueError)
     snap = await ask(metrics, TakeSnapshot())
-    assert snap.value("aiowt_session_failures_total", {"stage": "session"}) == 1
+    errors = {"route": "/room/{id}", "stage": "session"}
+    assert snap.value(names.SESSION_ERRORS.name, errors) == 1
 
 
 @pytest.mark.parametrize(
@@ -518,8 +527,8 @@ async def test_an_open_breaker_refuses_with_503_and_retry_after(
         assert (caught.value.status, caught.value.reason) == (503, "circuit open")
         assert caught.value.headers == (("retry-after", "4"),)
         snap = await ask(metrics, TakeSnapshot())
-        labels = {"middleware": "CircuitBreaker", "status": "503"}
-        assert snap.value(REJECTIONS_METRIC, labels) == 1
+        labels = {"route": "/room/{id}", "middleware": "CircuitBreaker", "status": "503"}
+        assert snap.value(names.REJECTIONS.name, labels) == 1
     finally:
         await breaker.aclose()
 
@@ -552,7 +561,11 @@ async def test_bandwidth_reads_the_transport_counters() -> None:
     try:
 
         def traffic(ctx: SessionContext, session: FakeSession) -> None:
+            # What the transport does for each payload: count it, then show the taps.
             session.bytes_in, session.bytes_out = 1200, 345
+            for tap in ctx.taps:
+                tap.observe(cast(Session, session), DatagramReceived(b"x" * 1200))
+                tap.observe(cast(Session, session), DatagramSent(b"x" * 345))
             counter = ctx.get(BANDWIDTH)
             assert (counter.bytes_in, counter.bytes_out) == (1200, 345)
 

@@ -15,29 +15,19 @@ from structlog.testing import capture_logs
 
 from aiowt import Server
 from aiowt.actors import Handler
+from aiowt.middleware.access_format import format_duration, redact_query
 from aiowt.middleware.chain import CallNext
 from aiowt.middleware.logging import (
     COMBINED_LOG_FORMAT,
     COMMON_LOG_FORMAT,
     DEV_LOG_FORMAT,
     AccessLog,
-    DefaultLogger,
     JsonAccessLog,
     LogContext,
     Logger,
-    format_duration,
-    redact_query,
 )
-from aiowt.middleware.timing import (
-    BYTES_IN,
-    BYTES_OUT,
-    ELAPSED,
-    RECORD,
-    START_TIME,
-    STATUS,
-    Recorder,
-    Timer,
-)
+from aiowt.middleware.record import BYTES_IN, BYTES_OUT, ELAPSED, RECORD, START_TIME, STATUS
+from aiowt.middleware.timing import Recorder, Timer
 from aiowt.transport import CloseCode, HandshakeError, Rejected, SessionContext, UsageError
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
@@ -210,7 +200,7 @@ async def test_function_middleware_rejection_names_the_function(
 async def test_handler_failure_is_logged_as_a_warning_with_the_error(
     make_server: ServerFactory, client: ClientFactory, logs: list[dict[str, Any]]
 ) -> None:
-    server = await make_server(lambda s: s.use(DefaultLogger()).route("/c", Chatty))
+    server = await make_server(lambda s: s.use(Logger()).route("/c", Chatty))
     session = await client(server, "/c")
     session.send_datagram(b"boom")
     async with bounded():
@@ -227,7 +217,9 @@ def test_logger_validates_and_has_a_readable_repr() -> None:
     with pytest.raises(UsageError):
         Logger(logger=object())  # type: ignore[arg-type]
     assert repr(Logger()) == "Logger(logger=default, bind=True)"
-    assert repr(DefaultLogger()) == "DefaultLogger()"
+    with pytest.warns(DeprecationWarning, match="use Logger"):
+        from aiowt.middleware.logging import DefaultLogger
+    assert DefaultLogger is Logger
     assert repr(LogContext()) == "LogContext()"
 
 

@@ -11,13 +11,15 @@ from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
 
 from aiowt import Server
-from aiowt.actors._service import ask
-from aiowt.actors.breaker import CircuitBreaker as BreakerActor
-from aiowt.actors.breaker import SessionFailed
+from aiowt.actors import Breaker as BreakerActor
+from aiowt.actors import ask
+from aiowt.actors.breaker import GetBreakerStatus, SessionFailed
 from aiowt.actors.metrics import Inc, MetricsCollector, Observe, TakeSnapshot
 from aiowt.middleware._http import HttpEndpoint, HttpRequest, HttpResponse
 from aiowt.middleware.chain import CallNext
 from aiowt.middleware.metrics import Metrics, PrometheusMetrics, TrafficTap
+from aiowt.middleware.stats import ConcurrencyStats
+from aiowt.middleware.status import Status
 from aiowt.transport import HandshakeError, Rejected, SessionContext, UsageError
 from aiowt.transport.events import (
     DatagramReceived,
@@ -111,8 +113,9 @@ async def test_prometheus_page_matches_known_traffic(
     text = body.decode()
     found = samples(text)
     route = {"route": "/echo/{room}"}
-    assert value(found, "aiowt_sessions_total", **route) == 2
-    assert value(found, "aiowt_sessions_in_progress", **route) == 0
+    assert value(found, "aiowt_sessions_accepted_total", **route) == 2
+    assert value(found, "aiowt_sessions_active", **route) == 0
+    assert value(found, "aiowt_sessions_active_peak") == 1
     assert value(found, "aiowt_handshakes_total", **route, status="200") == 2
     assert value(found, "aiowt_handshakes_total", **route, status="403") == 1
     assert (
@@ -158,13 +161,13 @@ async def test_openmetrics_is_served_when_asked_for(
 
 
 async def test_render_shows_what_other_reporters_put_in_the_collector(collector: Any) -> None:
-    collector.tell(Inc("aiowt_rejections_total", 1, {"middleware": "RateLimit", "status": "429"}))
+    collector.tell(Inc("app_refusals_total", 1, {"middleware": "RateLimit", "status": "429"}))
     collector.tell(Observe("app_latency_seconds", 0.3, buckets=(0.1, 0.5)))
     collector.tell(Inc("app_jobs", 4))  # a counter named without _total
     prom = PrometheusMetrics(collector, process=False)
     body, _ = await prom.render()
     found = samples(body.decode())
-    assert value(found, "aiowt_rejections_total", middleware="RateLimit") == 1
+    assert value(found, "app_refusals_total", middleware="RateLimit") == 1
     assert value(found, "app_latency_seconds_bucket", le="0.1") == 0
     assert value(found, "app_latency_seconds_bucket", le="0.5") == 1
     assert value(found, "app_latency_seconds_sum") == pytest.approx(0.3)
@@ -183,16 +186,24 @@ async def test_series_past_the_cap_are_shown_as_overflow() -> None:
 
 
 async def test_breaker_state_is_exposed(collector: Any) -> None:
-    breaker = BreakerActor.start(threshold=1)
-    prom = PrometheusMetrics(collector, breaker=breaker, process=False)
+    breaker = BreakerActor.start(threshold=1, metrics=collector)
+    prom = PrometheusMetrics(collector, process=False)
+    await ask(breaker, GetBreakerStatus())  # its first report is in the collector's inbox
     found = samples((await prom.render())[0].decode())
     assert value(found, "aiowt_circuit_breaker_state", state="closed") == 1
     assert value(found, "aiowt_circuit_breaker_state", state="open") == 0
     await ask(breaker, SessionFailed())
+    await ask(breaker, GetBreakerStatus())
     found = samples((await prom.render())[0].decode())
     assert value(found, "aiowt_circuit_breaker_state", state="open") == 1
     assert value(found, "aiowt_circuit_breaker_state", state="closed") == 0
+    assert value(found, "aiowt_circuit_breaker_transitions_total", to="open") == 1
     await breaker.stop(block=False)
+
+
+def test_the_breaker_option_of_prometheus_metrics_is_deprecated() -> None:
+    with pytest.warns(DeprecationWarning, match="reports its state"):
+        PrometheusMetrics(breaker=object(), process=False)
 
 
 async def test_a_dead_collector_is_a_503_not_a_hang(collector: Any) -> None:
@@ -204,7 +215,7 @@ async def test_a_dead_collector_is_a_503_not_a_hang(collector: Any) -> None:
     await prom.aclose()
 
 
-async def test_metrics_owns_a_collector_when_given_none(
+async def test_metrics_reports_to_the_servers_collector_when_given_none(
     make_server: ServerFactory, client: ClientFactory
 ) -> None:
     unwound = Unwound()
@@ -213,10 +224,41 @@ async def test_metrics_owns_a_collector_when_given_none(
     session = await client(server, "/echo/a")
     await session.aclose()
     await unwound.wait(1)
-    snapshot = await metrics.snapshot()
-    assert snapshot.value("aiowt_sessions_total", {"route": "/echo/{room}"}) == 1
+    assert metrics.service.started is server.services.metrics
+    snapshot = await ask(server.services.metrics, TakeSnapshot())
+    assert snapshot.value("aiowt_sessions_accepted_total", {"route": "/echo/{room}"}) == 1
+
+
+async def test_metrics_owns_a_collector_outside_a_server() -> None:
+    metrics = Metrics()
+    assert (await metrics.snapshot()).families == {}
+    own = metrics.service.started
+    assert own is not None
+    assert own.is_alive()
     await metrics.aclose()
     assert metrics.service.started is None
+    assert not own.is_alive()
+
+
+async def test_observers_sharing_a_collector_count_each_session_once(
+    make_server: ServerFactory, client: ClientFactory, collector: Any
+) -> None:
+    unwound = Unwound()
+    server = await make_server(
+        lambda s: s.use(unwound, Metrics(collector), Status(collector), Metrics(collector)).route(
+            "/echo/{room}", Echo, ConcurrencyStats(metrics=collector), Bouncer()
+        )
+    )
+    await client(server, "/echo/a", headers=[("x-pass", "1")])
+    with pytest.raises(HandshakeError):
+        await client(server, "/echo/b")
+    await unwound.wait(1)
+    snapshot = await ask(collector, TakeSnapshot())
+    route = {"route": "/echo/{room}"}
+    assert snapshot.value("aiowt_sessions_accepted_total", route) == 1
+    assert snapshot.value("aiowt_handshakes_total", {**route, "status": "403"}) == 1
+    refused = {**route, "middleware": "Bouncer", "status": "403"}
+    assert snapshot.value("aiowt_handshake_rejections_total", refused) == 1
 
 
 async def test_handler_failures_are_counted(
@@ -234,8 +276,8 @@ async def test_handler_failures_are_counted(
     session.send_datagram(b"x")
     await unwound.wait(1)
     snapshot = await ask(collector, TakeSnapshot())
-    assert snapshot.value("aiowt_session_errors_total", {"route": "/c"}) == 1
-    assert snapshot.value("aiowt_sessions_in_progress", {"route": "/c"}) == 0
+    assert snapshot.value("aiowt_session_errors_total", {"route": "/c", "stage": "session"}) == 1
+    assert snapshot.value("aiowt_sessions_active", {"route": "/c"}) == 0
 
 
 def test_traffic_tap_counts() -> None:
@@ -258,8 +300,6 @@ def test_validation_and_repr() -> None:
         Metrics("collector")  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         PrometheusMetrics(path="metrics")
-    with pytest.raises(UsageError):
-        PrometheusMetrics(breaker="b")  # type: ignore[arg-type]
     with pytest.raises(UsageError):
         PrometheusMetrics(scrape_timeout=0)
     assert repr(Metrics()) == "Metrics(metrics=ServiceHandle(metrics, not started))"

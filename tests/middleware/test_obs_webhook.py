@@ -14,10 +14,11 @@ from typing import Any
 import pytest
 
 from aiowt import Server
-from aiowt.actors._service import ask
+from aiowt.actors import ask
+from aiowt.actors import metric_names as names
 from aiowt.actors.metrics import MetricsCollector, TakeSnapshot
 from aiowt.middleware.chain import CallNext
-from aiowt.middleware.webhook import WEBHOOK_METRIC, Webhook
+from aiowt.middleware.webhook import Webhook
 from aiowt.transport import HandshakeError, Rejected, SessionContext, UsageError
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
@@ -157,8 +158,8 @@ async def test_slow_then_failing_then_healthy_endpoint(
     stats = hook.stats
     assert (stats.sent, stats.failed, stats.dropped, stats.retries) == (3, 0, 5, 2)
     snapshot = await ask(collector, TakeSnapshot())
-    assert snapshot.value(WEBHOOK_METRIC, {"outcome": "dropped"}) == 5
-    assert snapshot.value(WEBHOOK_METRIC, {"outcome": "sent"}) == 3
+    assert snapshot.value(names.WEBHOOK_EVENTS.name, {"outcome": "dropped"}) == 5
+    assert snapshot.value(names.WEBHOOK_EVENTS.name, {"outcome": "sent"}) == 3
     await collector.stop(block=False)
 
 

@@ -15,24 +15,16 @@ from hypothesis import strategies as st
 from structlog.testing import capture_logs
 
 from aiowt.middleware.chain import Middleware
+from aiowt.middleware.control import ErrorHandler, If
+from aiowt.middleware.extract import ExtractHeader, ExtractHeaders, SessionData
+from aiowt.middleware.headers import PoweredBy, RequireHeader
 from aiowt.middleware.keys import ORIGIN, QUERY, SUBPROTOCOL, USER_AGENT
-from aiowt.middleware.request import (
-    ErrorHandler,
-    ExtractHeader,
-    ExtractHeaders,
-    If,
-    MalformedQuery,
-    PoweredBy,
-    RequestID,
-    RequireHeader,
-    SessionData,
-    Subprotocols,
-    parse_available_protocols,
-    parse_query,
-)
+from aiowt.middleware.request_id import RequestID
+from aiowt.middleware.subprotocols import Subprotocols, parse_available_protocols
+from aiowt.transport import MalformedQuery
 from aiowt.transport.context import Key, SessionContext
 from aiowt.transport.errors import Rejected, UsageError
-from aiowt.transport.request import ConnectRequest
+from aiowt.transport.request import ConnectRequest, parse_query
 
 
 def make_ctx(

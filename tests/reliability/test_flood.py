@@ -25,12 +25,10 @@ from typing import Any, ClassVar
 import pytest
 
 from aiowt import Server
-from aiowt.actors import Handler
-from aiowt.actors._service import ask
+from aiowt.actors import Handler, ask
+from aiowt.actors import metric_names as names
 from aiowt.actors.metrics import MetricsCollector, TakeSnapshot
 from aiowt.middleware.limits import (
-    EXCESS_METRIC,
-    REFUSED_STREAMS_METRIC,
     DepthGuard,
     TokenBucket,
 )
@@ -146,7 +144,7 @@ async def test_a_flood_neither_starves_a_good_peer_nor_gets_through(
                 await Service.flooded.wait()  # the flood reaches the server
             seen_before = Service.datagrams["flooder"]
             dropped_before = (await ask(metrics, TakeSnapshot())).value(
-                EXCESS_METRIC, {"kind": "datagram", "action": "drop"}
+                names.TOKEN_BUCKET_EXCESS.name, {"kind": "datagram", "action": "drop"}
             )
             flood_started = time.monotonic()
             async with bounded(120):
@@ -157,7 +155,7 @@ async def test_a_flood_neither_starves_a_good_peer_nor_gets_through(
             flood_seconds = time.monotonic() - flood_started
             flooder_seen = Service.datagrams["flooder"] - seen_before
             dropped = (await ask(metrics, TakeSnapshot())).value(
-                EXCESS_METRIC, {"kind": "datagram", "action": "drop"}
+                names.TOKEN_BUCKET_EXCESS.name, {"kind": "datagram", "action": "drop"}
             ) - dropped_before
 
         finally:
@@ -180,7 +178,7 @@ async def test_a_flood_neither_starves_a_good_peer_nor_gets_through(
         assert flooder_seen <= allowed, (flooder_seen, allowed)
         assert dropped > flooder_seen, (dropped, flooder_seen)
         snapshot = await ask(metrics, TakeSnapshot())
-        assert snapshot.value(REFUSED_STREAMS_METRIC, {"middleware": "DepthGuard"}) > 0
+        assert snapshot.value(names.STREAMS_REFUSED.name, {"middleware": "DepthGuard"}) > 0
         assert Service.peak_streams["flooder"] <= DEPTH
         assert Service.peak_streams["good"] <= 1
     watch.check(allowed=["peer error"])

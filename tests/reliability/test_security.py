@@ -20,8 +20,7 @@ import msgpack
 import pytest
 
 from aiowt import Server
-from aiowt.actors import Handler
-from aiowt.actors._service import ask
+from aiowt.actors import Handler, ask
 from aiowt.actors.metrics import (
     Inc,
     MetricsCollector,
@@ -30,10 +29,12 @@ from aiowt.actors.metrics import (
 from aiowt.middleware import auth
 from aiowt.middleware.auth import BasicAuth, BearerAuth, QueryAuth, RequireKey, StaticTokens
 from aiowt.middleware.compress import COMPRESSOR, GZIP_EXT, Compress
+from aiowt.middleware.control import ErrorHandler
+from aiowt.middleware.extract import SessionData
 from aiowt.middleware.limits import PerPathRateLimit, RateLimit
 from aiowt.middleware.logging import COMBINED_LOG_FORMAT, AccessLog, JsonAccessLog, Logger
 from aiowt.middleware.metrics import Metrics, PrometheusMetrics
-from aiowt.middleware.request import ErrorHandler, RequestID, SessionData
+from aiowt.middleware.request_id import RequestID
 from aiowt.transport import CloseCode, ConnectionLimits, HandshakeError, Session, Stream
 from aiowt.transport.capsule import MAX_CAPSULE_SIZE
 from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE, encode_frame, encode_message
