@@ -3,9 +3,11 @@
 A session is registered by its `SessionContext.session_id` before it is accepted (that
 is when the global cap is checked), its transport `Session` is attached once accepted,
 and it is unregistered when it ends. Broadcasts encode the message once and send it to
-every attached session; a session whose send fails (closed meanwhile, peer not
-reading, datagram too large for its path) is counted as failed and the others still get
-the message.
+every attached session through that session's `OutboundChannel`, so the slow-consumer
+policy holds for the registry's deliveries as for any other: a peer too far behind on
+its stream is closed with `SLOW_CONSUMER`, a datagram it cannot take is dropped. A
+session whose delivery fails that way (or closed meanwhile) is counted as failed, and
+the others still get the message.
 
 The registry calls `Session` methods, which belong to the event loop that owns the
 connection: start the registry on the server's loop (middleware do so when they start
@@ -21,11 +23,11 @@ from typing import Any, Literal
 
 import structlog
 
-from aiowt.transport.errors import AiowtError, UsageError
+from aiowt.transport import AiowtError, Session, UsageError
 from aiowt.transport.framing import encode_frame, encode_message
-from aiowt.transport.session import Session, Stream
 
 from ._service import Request, Service, handles
+from .outbound import OutboundChannel
 
 __all__ = [
     "Attach",
@@ -161,14 +163,13 @@ class Delivery:
 
 
 class _Entry:
-    __slots__ = ("holds", "info", "outbound", "session")
+    __slots__ = ("channel", "holds", "info")
 
     def __init__(self, info: SessionInfo) -> None:
         self.holds: dict[str, int] = {}
         """Pool -> registrations in it not yet released."""
         self.info = info
-        self.session: Session | None = None
-        self.outbound: Stream | None = None
+        self.channel: OutboundChannel | None = None
 
 
 class SessionRegistry(Service):
@@ -176,8 +177,9 @@ class SessionRegistry(Service):
     `Unregister`, `LookupSession`, `CountSessions`, `ListSessions`, `Broadcast`,
     `Multicast`, `BroadcastExcept`.
 
-    Stream deliveries go on one server-opened unidirectional stream per session, opened
-    on first use and kept, so a session receives the registry's messages in order.
+    Stream deliveries go on the session's `OutboundChannel` stream (one server-opened
+    unidirectional stream, opened on first use and kept), so a session receives the
+    registry's messages in order.
     """
 
     def __init__(self) -> None:
@@ -218,7 +220,7 @@ class SessionRegistry(Service):
         entry = self._entries.get(_id(message.session_id))
         if entry is None:
             return False
-        entry.session = message.session
+        entry.channel = OutboundChannel(message.session)
         entry.info = SessionInfo(
             entry.info.session_id,
             entry.info.remote_ip,
@@ -290,37 +292,32 @@ class SessionRegistry(Service):
             raise UsageError(f"via must be 'datagram' or 'stream', got {via!r}")
         delivered = failed = 0
         for entry in targets:
-            session = entry.session
-            if session is None:
+            channel = entry.channel
+            if channel is None:
                 missing += 1
                 continue
             try:
                 if via == "datagram":
-                    session.send_datagram(payload)
+                    sent = channel.send_datagram(payload)
                 else:
-                    self._stream_for(entry, session).write(payload)
+                    sent = channel.send_frame(payload)
             except AiowtError as error:
-                # Closed meanwhile, peer not reading (WriteBufferFull), datagram too big
-                # for this path: this session misses the message, the others do not.
-                failed += 1
+                sent = False
                 log.info(
                     "broadcast to a session failed",
                     session_id=entry.info.session_id,
                     error=repr(error),
                 )
             except Exception:
-                failed += 1
+                sent = False
                 log.exception("broadcast to a session failed", session_id=entry.info.session_id)
-            else:
+            # Closed meanwhile, too slow (closed by the channel's policy), datagram
+            # dropped: this session misses the message, the others do not.
+            if sent:
                 delivered += 1
+            else:
+                failed += 1
         return Delivery(delivered, failed, missing)
-
-    @staticmethod
-    def _stream_for(entry: _Entry, session: Session) -> Stream:
-        stream = entry.outbound
-        if stream is None or not stream.writable:
-            stream = entry.outbound = session.open_stream(unidirectional=True)
-        return stream
 
 
 def _pool(pool: object) -> str:

@@ -1,22 +1,21 @@
-"""aiowt.middleware: the chain and the catalogue.
+"""aiowt.middleware: the middleware contract and the catalogue.
 
-A middleware is an async callable `(ctx, call_next)`; the configurable ones below are
-small classes. Constants (metric names, typed context keys) stay in their modules:
-`aiowt.middleware.keys`, `.timing`, `.limits`, `.metrics`, ...
+A middleware is an async callable ``(ctx, call_next)`` (`Middleware`); the configurable
+ones below are small classes, validated when made. The contract, with its optional
+parts (`UsesServices`, `Closable`), is in `aiowt.middleware.chain`; the ready-made
+stacks in `aiowt.middleware.stacks`. Everything else stays in its module: typed context
+keys (`aiowt.middleware.keys`), the session record observers share
+(`aiowt.middleware.record`), access-log formats (`aiowt.middleware.access_format`),
+helpers of each middleware.
 """
 
+import importlib
+import warnings
+
 from . import stacks
-from .auth import BasicAuth, BearerAuth, QueryAuth, RequireKey, StaticTokens, secrets_equal
-from .chain import (
-    CallNext,
-    Chain,
-    Closable,
-    Middleware,
-    UsesServices,
-    build_chain,
-    middleware_name,
-)
-from .compress import Compress, Compressor
+from .auth import BasicAuth, BearerAuth, QueryAuth, RequireKey, StaticTokens
+from .chain import CallNext, Chain, Closable, Middleware, UsesServices, build_chain
+from .compress import Compress
 from .control import ErrorHandler, If
 from .extract import ExtractHeader, ExtractHeaders, SessionData
 from .headers import PoweredBy, RequireHeader
@@ -31,15 +30,14 @@ from .limits import (
 from .logging import AccessLog, JsonAccessLog, LogContext, Logger
 from .metrics import Metrics, PrometheusMetrics
 from .network import CORS, BlockUserAgent, ClientIP, IPAllowList, IPBlockList, RequireUserAgent
-from .record import SessionRecord
 from .request_id import RequestID
 from .resilience import CircuitBreaker, IdleTimeout, Recover, SessionTimeoutWithWarning, Timeout
 from .stats import Bandwidth, ConcurrencyStats
-from .status import HealthCheck, Status
+from .status import Status
 from .subprotocols import Subprotocols
 from .timing import Recorder, Timer
-from .tracing import AdaptiveSampler, FixedSampler, OTelTracing, TraceContext, Tracing
-from .webhook import Webhook, WebhookEvent
+from .tracing import AdaptiveSampler, FixedSampler, OTelTracing, Tracing
+from .webhook import Webhook
 
 __all__ = [
     "CORS",
@@ -55,14 +53,12 @@ __all__ = [
     "ClientIP",
     "Closable",
     "Compress",
-    "Compressor",
     "ConcurrencyStats",
     "DepthGuard",
     "ErrorHandler",
     "ExtractHeader",
     "ExtractHeaders",
     "FixedSampler",
-    "HealthCheck",
     "IPAllowList",
     "IPBlockList",
     "IdleTimeout",
@@ -87,7 +83,6 @@ __all__ = [
     "RequireUserAgent",
     "RouteRateLimit",
     "SessionData",
-    "SessionRecord",
     "SessionTimeoutWithWarning",
     "StaticTokens",
     "Status",
@@ -95,13 +90,35 @@ __all__ = [
     "Timeout",
     "Timer",
     "TokenBucket",
-    "TraceContext",
     "Tracing",
     "UsesServices",
     "Webhook",
-    "WebhookEvent",
     "build_chain",
-    "middleware_name",
-    "secrets_equal",
     "stacks",
 ]
+
+# Names this package exported before its surface was narrowed, or under another name:
+# each still works, with a DeprecationWarning.
+_MOVED = {
+    "Compressor": "aiowt.middleware.compress",
+    "HealthCheck": "aiowt.middleware.status",
+    "SessionRecord": "aiowt.middleware.record",
+    "TraceContext": "aiowt.middleware.tracing",
+    "WebhookEvent": "aiowt.middleware.webhook",
+    "middleware_name": "aiowt.middleware.chain",
+    "secrets_equal": "aiowt.middleware.auth",
+}
+
+
+def __getattr__(name: str) -> object:
+    if name == "DefaultLogger":
+        new, value = "aiowt.middleware.Logger (the same middleware)", Logger
+    elif name in _MOVED:
+        new = f"{_MOVED[name]}.{name}"
+        value = getattr(importlib.import_module(_MOVED[name]), name)
+    else:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    warnings.warn(
+        f"aiowt.middleware.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=2
+    )
+    return value

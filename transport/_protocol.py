@@ -222,7 +222,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, ProtocolNegotiated):
             if event.alpn_protocol in H3_ALPN:
-                self._h3 = _H3(self._quic, self.limits.max_sessions)
+                self._h3 = _H3(self._quic, self.limits.max_sessions_per_connection)
             return
         if isinstance(event, ConnectionTerminated):
             self._connection_lost(event)
@@ -299,7 +299,7 @@ class WebTransportProtocol(QuicConnectionProtocol):
         if not self.accepting or self._on_request is None:
             self.reject(stream_id, 503, "server is shutting down", (("retry-after", "1"),))
             return
-        if len(self.sessions) + len(self._pending) >= self.limits.max_sessions:
+        if len(self.sessions) + len(self._pending) >= self.limits.max_sessions_per_connection:
             self.reject(stream_id, 429, "too many sessions on this connection")
             return
         incoming = IncomingSession(self, stream_id, request)

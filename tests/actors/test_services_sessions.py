@@ -24,6 +24,7 @@ from aiowt.actors.sessions import (
     SessionRegistry,
     Unregister,
 )
+from aiowt.transport import CloseCode, ConnectRequest
 from aiowt.transport.errors import SessionClosedError, UsageError, WriteBufferFull
 from aiowt.transport.framing import FrameDecoder, decode_message
 from aiowt.transport.session import Session
@@ -51,10 +52,23 @@ class FakeStream:
 class FakeSession:
     """Stands in for a transport `Session`: records what it is sent, or fails like one."""
 
+    session_id = 0
+    request = ConnectRequest("CONNECT", "https", "x", "/x", "", "webtransport", (), ("::1", 1))
+    send_buffer_high = 1 << 20
+    max_message_size = 1 << 20
+
     def __init__(self, behaviour: str = "ok") -> None:
         self.behaviour = behaviour
         self.datagrams: list[bytes] = []
         self.streams: list[FakeStream] = []
+        self.closed_with: tuple[int, str] | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.behaviour == "closed" or self.closed_with is not None
+
+    def close(self, code: int, reason: str) -> None:
+        self.closed_with = (code, reason)
 
     def check(self) -> None:
         if self.behaviour == "closed":
@@ -64,9 +78,10 @@ class FakeSession:
         if self.behaviour == "bug":
             raise RuntimeError("unexpected")
 
-    def send_datagram(self, data: bytes) -> None:
+    def send_datagram(self, data: bytes) -> bool:
         self.check()
         self.datagrams.append(data)
+        return True
 
     def open_stream(self, *, unidirectional: bool = False) -> FakeStream:
         assert unidirectional
@@ -152,6 +167,19 @@ async def test_broadcast_reaches_everyone_whose_send_works() -> None:
         assert delivery == Delivery(delivered=1, failed=3, missing=1)
         assert sessions["a"].messages() == [{"type": "hello", "n": 1}]
         assert sessions["f"].messages()[-1] == "bye"
+    finally:
+        await ref.stop(block=False)
+
+
+async def test_stream_delivery_follows_the_slow_consumer_policy() -> None:
+    ref, sessions = await _registry_with({"slow": "full", "ok": "ok"})
+    try:
+        delivery = await ask(ref, Broadcast("news", via="stream"))
+        assert delivery == Delivery(delivered=1, failed=1, missing=0)
+        # The peer that cannot keep up is closed, as OutboundChannel's policy says.
+        assert sessions["slow"].closed_with is not None
+        assert sessions["slow"].closed_with[0] == CloseCode.SLOW_CONSUMER
+        assert sessions["ok"].closed_with is None
     finally:
         await ref.stop(block=False)
 
@@ -256,7 +284,7 @@ class SessionsModel:
 def registry_view(actor: SessionRegistry) -> object:
     return sorted(
         (
-            (sid, None if e.session is None else cast(FakeSession, e.session).behaviour)
+            (sid, None if e.channel is None else cast(FakeSession, e.channel.session).behaviour)
             for sid, e in actor._entries.items()
         ),
         key=lambda item: item[0],

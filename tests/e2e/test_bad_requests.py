@@ -123,7 +123,8 @@ async def test_too_many_sessions_on_one_connection_get_429(
     make_server: ServerFactory,
 ) -> None:
     server = await make_server(
-        lambda s: s.route("/echo", Echo), connection_limits=ConnectionLimits(max_sessions=2)
+        lambda s: s.route("/echo", Echo),
+        connection_limits=ConnectionLimits(max_sessions_per_connection=2),
     )
     async with bounded(10), raw_client(server) as raw:
         statuses = [(await raw.request(base(server), False))[b":status"] for _ in range(3)]
@@ -135,6 +136,17 @@ async def test_too_many_sessions_on_one_connection_get_429(
 
 
 def test_connection_limits_refuse_nonsense() -> None:
-    for bad in ({"max_sessions": 0}, {"idle_timeout": -1.0}, {"max_header_bytes": True}):
+    bad_options = (
+        {"max_sessions_per_connection": 0},
+        {"idle_timeout": -1.0},
+        {"max_header_bytes": True},
+    )
+    for bad in bad_options:
         with pytest.raises(UsageError, match=next(iter(bad))):
             ConnectionLimits(**bad)  # type: ignore[arg-type]
+
+
+def test_the_old_name_of_the_per_connection_session_limit_still_works_and_warns() -> None:
+    with pytest.warns(DeprecationWarning, match="max_sessions_per_connection"):
+        limits = ConnectionLimits(max_sessions=3)
+    assert limits == ConnectionLimits(max_sessions_per_connection=3)

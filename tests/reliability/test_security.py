@@ -243,7 +243,7 @@ def test_size_limits_have_safe_defaults() -> None:
     assert limits.max_header_bytes == 16 * 1024
     assert MAX_CAPSULE_SIZE == 16 * 1024
     assert limits.max_pending_datagrams == 1024
-    assert limits.max_sessions == 64
+    assert limits.max_sessions_per_connection == 64
     assert limits.idle_timeout == 10.0
     assert TransportSession.max_queued_datagrams == 1024
 
