@@ -23,7 +23,22 @@ from aiowt.middleware.resilience import (
     Timeout,
 )
 from aiowt.middleware.stats import ConcurrencyStats
-from aiowt.transport import CloseCode, HandshakeError, SessionContext, Stream
+from aiowt.transport import (
+    CloseCode,
+    HandshakeError,
+    Session,
+    SessionContext,
+    SessionTap,
+    Stream,
+)
+from aiowt.transport.events import (
+    DatagramReceived,
+    SessionAccepted,
+    SessionClosed,
+    SessionEvent,
+    StreamDataReceived,
+    StreamOpened,
+)
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
 from tests.e2e.test_limits_sessions import Ends, Stop, stop
@@ -70,29 +85,67 @@ async def test_the_warning_datagram_comes_before_the_timeout_close(
     assert info.code == CloseCode.TIMEOUT
 
 
+class InputClock(SessionTap):
+    """When, on the server's loop clock, the session was accepted, got input, closed."""
+
+    def __init__(self) -> None:
+        self.accepted_at = 0.0
+        self.inputs: list[float] = []
+        self.closed_at: float | None = None
+
+    def observe(self, session: Session, event: SessionEvent) -> bool:
+        now = asyncio.get_running_loop().time()
+        if isinstance(event, DatagramReceived | StreamOpened | StreamDataReceived):
+            self.inputs.append(now)
+        elif isinstance(event, SessionAccepted):
+            self.accepted_at = now
+        elif isinstance(event, SessionClosed):
+            self.closed_at = now
+        return True
+
+
 @pytest.mark.parametrize("via", ["datagrams", "stream data"])
 async def test_idle_timeout_resets_on_input_and_closes_when_it_stops(
     make_server: ServerFactory, client: ClientFactory, via: str
 ) -> None:
+    """Checked on the server's own record of when input arrived, not on the test's timing:
+    the close never comes sooner than `idle` after the last input (every input re-arms
+    the timer), and it comes once input stops. A machine too busy to keep the session
+    talking is a legitimate close; the test then tries again, a bounded number of times."""
     idle = 0.5
-    server = await make_server(lambda s: s.use(IdleTimeout(idle)).route("/echo", Echo))
-    session = await client(server, "/echo")
-    stream = session.open_stream()
-    started = last_input = time.monotonic()
-    # Keep talking for three idle periods: the session must stay open all along.
-    while last_input - started < 3 * idle:
-        if via == "datagrams":
-            session.send_datagram(b"ping")
-        else:
-            stream.write(b"ping")
-        last_input = time.monotonic()
-        await asyncio.sleep(idle / 10)
-        assert not session.closed, "closed although the client kept sending"
-    async with bounded():
-        info = await session.wait_closed()
-    assert (info.code, info.reason) == (CloseCode.IDLE_TIMEOUT, "idle timeout")
-    # Never early: the server saw the last input after it was sent (timer slack aside).
-    assert time.monotonic() - last_input >= idle * 0.95
+    clocks: list[InputClock] = []
+
+    async def clocked(ctx: SessionContext, call_next: CallNext) -> None:
+        clocks.append(InputClock())
+        ctx.taps.append(clocks[-1])
+        await call_next(ctx)
+
+    server = await make_server(lambda s: s.use(IdleTimeout(idle), clocked).route("/echo", Echo))
+    loop = asyncio.get_running_loop()
+    for _ in range(3):
+        session = await client(server, "/echo")
+        stream = session.open_stream()
+        started = loop.time()
+        # Talk for three idle periods, each input echoed before the next one goes.
+        while loop.time() - started < 3 * idle and not session.closed:
+            async with bounded():
+                if via == "datagrams":
+                    session.send_datagram(b"ping")
+                    await session.receive_datagram()
+                else:
+                    stream.write(b"ping")
+                    await stream.read(4)
+            await asyncio.sleep(idle / 10)
+        async with bounded():
+            info = await session.wait_closed()
+        assert (info.code, info.reason) == (CloseCode.IDLE_TIMEOUT, "idle timeout")
+        clock = clocks[-1]
+        assert clock.closed_at is not None
+        # Never early: the timer slack aside, `idle` passed since the last input.
+        assert clock.closed_at - max(clock.inputs) >= idle * 0.95
+        if max(clock.inputs) - clock.accepted_at >= 2 * idle:
+            return  # the inputs kept it open past two idle periods: resets seen
+    pytest.fail("no attempt kept its session talking for two idle periods")
 
 
 class Faulty(Handler):
