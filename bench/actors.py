@@ -3,7 +3,7 @@ middleware decision.
 
 The composite decision is what a session's handshake costs in the shared services with
 the recommended stack: three asks (`Acquire` a per-IP slot from `RateLimitRegistry`,
-`Register` under the global cap with `SessionRegistry`, `Admit` from `CircuitBreaker`)
+`Register` under the global cap with `SessionRegistry`, `Admit` from `Breaker`)
 and one tell (`Inc` to `MetricsCollector`). It is measured one decision at a time (the
 latency a single handshake sees) and with 64 handshakes deciding at once (the
 throughput of a busy process). If the shared services are not importable, plain
@@ -100,7 +100,7 @@ class _Services:
         self.real = True
         self.refs: list[pykka.ActorRef[Any]]
         try:
-            from aiowt.actors.breaker import Admit, CircuitBreaker
+            from aiowt.actors.breaker import Admit, Breaker
             from aiowt.actors.metrics import Inc, MetricsCollector
             from aiowt.actors.ratelimit import Acquire, RateLimitRegistry
             from aiowt.actors.sessions import Register, SessionRegistry
@@ -110,7 +110,7 @@ class _Services:
             self.metrics: pykka.ActorRef[Any] = CountingActor.start()
             return
         self.metrics = MetricsCollector.start()
-        self.refs = [RateLimitRegistry.start(), SessionRegistry.start(), CircuitBreaker.start()]
+        self.refs = [RateLimitRegistry.start(), SessionRegistry.start(), Breaker.start()]
         self._Acquire, self._Register, self._Admit, self._Inc = Acquire, Register, Admit, Inc
 
     async def decide(self, i: int) -> None:
@@ -129,7 +129,7 @@ class _Services:
         admission = await breaker.ask(self._Admit(), block=False)
         if not admission.allowed:
             raise RuntimeError("breaker refused")
-        self.metrics.tell(self._Inc("aiowt_sessions_total", 1, {"route": "/echo"}))
+        self.metrics.tell(self._Inc("aiowt_sessions_accepted_total", 1, {"route": "/echo"}))
 
     async def stop(self) -> None:
         for ref in [*self.refs, self.metrics]:

@@ -106,7 +106,7 @@ async def _empty_server() -> Any:
 async def part_sessions(count: int, traced: bool) -> dict[str, Any]:
     """Admit `count` sessions on top of an empty server; time and memory."""
     from aiowt.actors._handler import attach_handler
-    from aiowt.actors.breaker import Admit, CircuitBreaker
+    from aiowt.actors.breaker import Admit, Breaker
     from aiowt.actors.metrics import Inc, MetricsCollector
     from aiowt.actors.ratelimit import Acquire, RateLimitRegistry
     from aiowt.actors.sessions import Attach, Register, SessionRegistry
@@ -114,7 +114,7 @@ async def part_sessions(count: int, traced: bool) -> dict[str, Any]:
     server = await _empty_server()
     limiter = RateLimitRegistry.start()
     registry = SessionRegistry.start()
-    breaker = CircuitBreaker.start()
+    breaker = Breaker.start()
     metrics = MetricsCollector.start()
     handler = _handler_class(False)
     connection = _Connection()
@@ -123,8 +123,8 @@ async def part_sessions(count: int, traced: bool) -> dict[str, Any]:
     await limiter.ask(Acquire("ip", ctx.remote_ip, ctx.session_id, LIMIT), block=False)
     await registry.ask(Register(ctx.session_id, LIMIT, ctx.remote_ip, ctx.path), block=False)
     await breaker.ask(Admit(), block=False)
-    metrics.tell(Inc("aiowt_sessions_total", 1, {"route": "/echo"}))
-    await metrics.ask(Inc("aiowt_sessions_total", 0, {"route": "/echo"}), block=False)
+    metrics.tell(Inc("aiowt_sessions_accepted_total", 1, {"route": "/echo"}))
+    await metrics.ask(Inc("aiowt_sessions_accepted_total", 0, {"route": "/echo"}), block=False)
     del ctx, session
     gc.collect()
     if traced:
@@ -144,7 +144,7 @@ async def part_sessions(count: int, traced: bool) -> dict[str, Any]:
         ref = handler.start(ctx, session)
         attach_handler(session, ref)
         await registry.ask(Attach(ctx.session_id, session), block=False)
-        metrics.tell(Inc("aiowt_sessions_total", 1, {"route": "/echo"}))
+        metrics.tell(Inc("aiowt_sessions_accepted_total", 1, {"route": "/echo"}))
         kept.append(ref)
 
     started = time.perf_counter()

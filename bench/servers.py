@@ -72,8 +72,8 @@ class Stack:
 _Arguments = tuple[tuple[Any, ...], dict[str, Any]]
 _PARTS: tuple[tuple[str, str, tuple[str, ...], tuple[_Arguments, ...]], ...] = (
     ("Recover", "aiowt.middleware.resilience", ("Recover",), (((), {}),)),
-    ("RequestID", "aiowt.middleware.request", ("RequestID",), (((), {}),)),
-    ("Logger", "aiowt.middleware.logging", ("Logger", "DefaultLogger"), (((), {}),)),
+    ("RequestID", "aiowt.middleware.request_id", ("RequestID",), (((), {}),)),
+    ("Logger", "aiowt.middleware.logging", ("Logger",), (((), {}),)),
     (
         "RateLimit",
         "aiowt.middleware.limits",
@@ -269,8 +269,7 @@ _STAND_INS: dict[str, Callable[[], Any]] = {
 
 
 def _echo_handler() -> type[Any]:
-    from aiowt.actors import Handler
-    from aiowt.transport import Stream
+    from aiowt import Handler, Stream
 
     class Echo(Handler):
         """Raw-bytes echo: datagrams back, each bidirectional stream's bytes back on it."""

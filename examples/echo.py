@@ -8,9 +8,7 @@ A client-opened unidirectional stream is echoed on a new server-opened one.
 
 from __future__ import annotations
 
-from aiowt import Server
-from aiowt.actors import Handler
-from aiowt.transport import Stream
+from aiowt import Handler, Server, Stream
 
 
 class Echo(Handler):

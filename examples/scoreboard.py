@@ -13,9 +13,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from aiowt import Server
-from aiowt.actors import Handler, LoopActor
-from aiowt.transport import CloseCode, SessionContext, Stream
+from aiowt import CloseCode, Handler, Server, SessionContext, Stream
+from aiowt.actors import LoopActor
 
 
 class Scoreboard(LoopActor):

@@ -38,11 +38,11 @@ from .access_format import (
     DEFAULT_REDACTED,
     DEV_LOG_FORMAT,
     compile_format,
-    format_duration,
-    redact_query,
     remote_user,
     request_url,
 )
+from .access_format import format_duration as _format_duration
+from .access_format import redact_query as _redact_query
 from .chain import CallNext
 from .record import SessionRecord
 
@@ -287,7 +287,7 @@ class JsonAccessLog:
         """The JSON record (a dict of JSON-ready values) for a session."""
         host, port = ctx.remote_addr
         fields: dict[str, Any] = {
-            "duration": format_duration(record.elapsed),
+            "duration": _format_duration(record.elapsed),
             "duration_ms": round(record.elapsed * 1000, 3),
             "ip_address": f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
             "request_id": ctx.request_id or ctx.session_id,
@@ -326,8 +326,8 @@ class JsonAccessLog:
 
 _DEPRECATED: dict[str, tuple[str, object]] = {
     "DefaultLogger": ("Logger() (it is the same middleware)", Logger),
-    "format_duration": ("aiowt.middleware.access_format.format_duration", format_duration),
-    "redact_query": ("aiowt.middleware.access_format.redact_query", redact_query),
+    "format_duration": ("aiowt.middleware.access_format.format_duration", _format_duration),
+    "redact_query": ("aiowt.middleware.access_format.redact_query", _redact_query),
 }
 
 

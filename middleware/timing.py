@@ -12,8 +12,7 @@ import warnings
 
 from aiowt.transport import SessionContext
 
-from ._plumbing import observe
-from ._plumbing import when_accepted as _when_accepted
+from . import _plumbing
 from .chain import CallNext
 from .record import SessionRecord, session_record, start_time
 
@@ -33,7 +32,7 @@ class Timer:
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
         start_time(ctx)
-        async with observe(ctx, _keep):
+        async with _plumbing.observe(ctx, _keep):
             await call_next(ctx)
 
     def __repr__(self) -> str:
@@ -44,7 +43,7 @@ class Recorder:
     """Sets `STATUS`, `BYTES_IN`, `BYTES_OUT` (and `RECORD`) when the session ends (seed 003)."""
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        async with observe(ctx, _keep):
+        async with _plumbing.observe(ctx, _keep):
             await call_next(ctx)
 
     def __repr__(self) -> str:
@@ -85,7 +84,8 @@ def __getattr__(name: str) -> object:
     elif name == "observe":
         new, value = "an `async with` around call_next (see docs/observability.md)", _observe
     elif name == "when_accepted":
-        new, value = "a tap (aiowt.transport.SessionTap) seeing SessionAccepted", _when_accepted
+        new = "a tap (aiowt.transport.SessionTap) seeing SessionAccepted"
+        value = _plumbing.when_accepted
     else:
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     warnings.warn(

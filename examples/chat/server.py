@@ -25,8 +25,18 @@ from typing import Any
 import structlog
 from pykka import ActorRef
 
-from aiowt import Server
-from aiowt.actors import Handler, ServiceHandle, ask, tell_quietly
+from aiowt import (
+    CloseCode,
+    CloseInfo,
+    Handler,
+    Key,
+    Rejected,
+    Server,
+    Session,
+    SessionContext,
+    Stream,
+)
+from aiowt.actors import ServiceHandle, ask, tell_quietly
 from aiowt.actors.outbound import OutboundChannel
 from aiowt.actors.rooms import (
     JoinRoom,
@@ -41,7 +51,6 @@ from aiowt.actors.rooms import (
     Signal,
 )
 from aiowt.middleware.chain import CallNext
-from aiowt.transport import CloseCode, CloseInfo, Key, Rejected, Session, SessionContext, Stream
 from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE
 
 from .web import ChatWebServer, WebConfig

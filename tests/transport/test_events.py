@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from aiowt.transport import Session, SessionTap, StreamClosedError, StreamErrorCode
+from aiowt.transport import Session, SessionTap, StreamClosedError, StreamErrorCode, UsageError
 from aiowt.transport.endpoint import IncomingSession, quic_configuration
 from aiowt.transport.events import (
     DatagramReceived,
@@ -134,3 +134,9 @@ async def test_a_tap_vetoes_inbound_datagrams_and_streams(pair: Pair) -> None:
     assert refused.value.code == StreamErrorCode.REFUSED
     assert any(isinstance(event, DatagramReceived) for event in pair.tap.seen)
     assert not any(isinstance(event, DatagramReceived | StreamOpened) for event in pair.sink.events)
+
+
+async def test_taps_are_installed_once(pair: Pair) -> None:
+    with pytest.raises(UsageError, match="already installed"):
+        pair.server.install_taps([Recorder()])
+    assert [type(event) for event in pair.tap.seen][:1] == [SessionAccepted]

@@ -30,7 +30,7 @@ async def _pid_header(ctx: SessionContext, call_next: object) -> None:
 
 
 server = Server()
-"""What each worker serves (imported by the workers as `tests.e2e.test_workers:server`)."""
+"""What each worker serves (imported by the workers as `tests.aiowt.test_workers:server`)."""
 server.use(_pid_header)
 server.route("/pid", Echo)
 
@@ -62,8 +62,8 @@ async def _read_listening(stdout: asyncio.StreamReader, pids: dict[int, int]) ->
 
 
 _ENTRY_POINTS = {
-    "module": ["aiowt.workers", "tests.e2e.test_workers:server"],
-    "cli": ["aiowt", "run", "tests.e2e.test_workers:server"],
+    "module": ["aiowt.workers", "tests.aiowt.test_workers:server"],
+    "cli": ["aiowt", "run", "tests.aiowt.test_workers:server"],
 }
 
 

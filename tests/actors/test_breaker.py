@@ -30,7 +30,7 @@ from aiowt.actors.breaker import (
 from aiowt.actors.metric_names import BREAKER_FAILURES, BREAKER_STATE, BREAKER_TRANSITIONS
 from aiowt.actors.metrics import MetricsCollector, TakeSnapshot
 from aiowt.transport.errors import UsageError
-from tests.actors.test_services_harness import (
+from tests.actors.test_service_harness import (
     TIMEOUT,
     Failed,
     Program,

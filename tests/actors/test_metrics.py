@@ -26,7 +26,7 @@ from aiowt.actors.metrics import (
     label_set,
 )
 from aiowt.transport.errors import UsageError
-from tests.actors.test_services_harness import (
+from tests.actors.test_service_harness import (
     Failed,
     Program,
     check_history,
@@ -55,6 +55,21 @@ async def test_counters_gauges_and_the_exact_peak() -> None:
         assert snap.value("active") == 0
         assert snap.value("active_peak") == 3
         assert snap.value("never_seen") == 0
+    finally:
+        await ref.stop(block=False)
+
+
+async def test_the_peak_of_a_labelled_gauge_is_the_most_its_series_held_together() -> None:
+    ref = MetricsCollector.start()
+    try:
+        for route, delta in (("/a", 1), ("/b", 1), ("/a", -1), ("/b", 1), ("/b", -1)):
+            ref.tell(AddGauge("active", delta, {"route": route}, peak="active_peak"))
+        snap = await ask(ref, TakeSnapshot())
+        # /a and /b never held more than 2 between them, though /b alone reached 2.
+        assert snap.value("active_peak") == 2
+        assert snap.total("active") == 1
+        ref.tell(AddGauge("active", 2, {"route": "/c"}, peak="active_peak"))
+        assert (await ask(ref, TakeSnapshot())).value("active_peak") == 3
     finally:
         await ref.stop(block=False)
 

@@ -1,4 +1,4 @@
-"""Session logs, ids in contextvars, access logs (Apache and JSON), timer and recorder keys."""
+"""Session logs, ids in contextvars, access logs (Apache and JSON)."""
 
 from __future__ import annotations
 
@@ -15,7 +15,6 @@ from structlog.testing import capture_logs
 
 from aiowt import Server
 from aiowt.actors import Handler
-from aiowt.middleware.access_format import format_duration, redact_query
 from aiowt.middleware.chain import CallNext
 from aiowt.middleware.logging import (
     COMBINED_LOG_FORMAT,
@@ -26,8 +25,6 @@ from aiowt.middleware.logging import (
     LogContext,
     Logger,
 )
-from aiowt.middleware.record import BYTES_IN, BYTES_OUT, ELAPSED, RECORD, START_TIME, STATUS
-from aiowt.middleware.timing import Recorder, Timer
 from aiowt.transport import CloseCode, HandshakeError, Rejected, SessionContext, UsageError
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
@@ -299,12 +296,6 @@ async def test_extra_directives(make_server: ServerFactory, client: ClientFactor
     assert parts[10:] == ["t", "yes", "%"]
 
 
-@pytest.mark.parametrize("fmt", ["%z", "%h %", "%{}i", "", "%{X}x"])
-def test_bad_formats_are_usage_errors(fmt: str) -> None:
-    with pytest.raises(UsageError):
-        AccessLog(fmt)
-
-
 def test_access_log_repr_names_presets() -> None:
     assert repr(AccessLog()) == "AccessLog(format=DEV_LOG_FORMAT, to=structlog)"
     assert repr(AccessLog(COMMON_LOG_FORMAT, sink=print)) == (
@@ -351,82 +342,3 @@ async def test_json_access_log_through_structlog_logs_refusals(
     assert entry["reason"] == "no pass"
     assert entry["rejected_by"] == "Bouncer"
     assert entry["bytes_out"] == 0
-
-
-def test_format_duration_prints_like_go() -> None:
-    assert format_duration(0.000000123) == "123ns"
-    assert format_duration(0.000034679) == "34.679µs"
-    assert format_duration(0.0015) == "1.5ms"
-    assert format_duration(2.0) == "2s"
-    assert format_duration(75.926272) == "1m15.926272s"
-    assert format_duration(3723) == "1h2m3s"
-
-
-def test_redact_query_keeps_the_rest_byte_for_byte() -> None:
-    assert redact_query("a=%20b&TOKEN=x&t=1&token") == "a=%20b&TOKEN=REDACTED&t=1&token"
-    assert redact_query("") == ""
-    assert redact_query("room=1&pin=2", ["pin"]) == "room=1&pin=REDACTED"
-
-
-# --- timer and recorder ------------------------------------------------------------------------
-
-
-async def test_timer_and_recorder_publish_typed_keys_for_outer_middleware(
-    make_server: ServerFactory, client: ClientFactory
-) -> None:
-    seen: dict[str, Any] = {}
-
-    async def reporter(ctx: SessionContext, call_next: CallNext) -> None:
-        try:
-            await call_next(ctx)
-        finally:
-            seen.update(
-                start=ctx.get(START_TIME),
-                elapsed=ctx.get(ELAPSED),
-                status=ctx.get(STATUS),
-                bytes=(ctx.get(BYTES_IN), ctx.get(BYTES_OUT)),
-                record=ctx.get(RECORD),
-            )
-
-    class SeesStart(Handler):
-        async def on_start(self) -> None:
-            seen["start_in_handler"] = self.ctx.get(START_TIME)
-
-    server = await make_server(
-        lambda s: (
-            s.use(reporter, Timer(), Recorder()).route("/echo", Echo).route("/start", SeesStart)
-        )
-    )
-    await echo_once(server, client, "/echo")
-    assert seen["status"] == 200
-    assert seen["bytes"] == (100, 100)
-    assert 0 < seen["elapsed"] < 5
-    assert seen["record"].close_code == 77
-    assert abs((datetime.now(UTC) - seen["start"]).total_seconds()) < 5
-    session = await client(server, "/start")
-    async with bounded():
-        await session.aclose()
-        await server.wait_idle()
-    assert seen["start_in_handler"] == seen["start"]
-    assert repr(Timer()) == "Timer()"
-    assert repr(Recorder()) == "Recorder()"
-
-
-async def test_recorder_sees_a_refusal_from_further_in(
-    make_server: ServerFactory, client: ClientFactory
-) -> None:
-    seen: dict[str, Any] = {}
-
-    async def reporter(ctx: SessionContext, call_next: CallNext) -> None:
-        try:
-            await call_next(ctx)
-        finally:
-            seen["status"] = ctx.get(STATUS, None)
-            seen["record"] = ctx.get(RECORD, None)
-
-    server = await make_server(lambda s: s.use(reporter, Recorder(), Bouncer()).route("/e", Echo))
-    with pytest.raises(HandshakeError):
-        await client(server, "/e")
-    assert seen["status"] == 403
-    assert seen["record"].rejected
-    assert seen["record"].duration is None

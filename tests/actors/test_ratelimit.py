@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from aiowt.actors import ask
 from aiowt.actors.ratelimit import Acquire, CountHolders, HolderCounts, RateLimitRegistry, Release
-from tests.actors.test_services_harness import (
+from tests.actors.test_service_harness import (
     Failed,
     Program,
     check_history,
