@@ -13,8 +13,7 @@ Each service's messages are reached through its module (`aiowt.actors.metrics.In
 `aiowt.actors.metric_names`.
 """
 
-import importlib
-import warnings
+from aiowt.transport.deprecation import deprecated_names, moved_to
 
 from ._handler import Handler, run_session
 from ._runtime import BlockingGetOnLoopError, LoopActor, LoopFuture, NoRunningLoopError
@@ -100,13 +99,10 @@ _MOVED = {
 }  # fmt: skip
 
 
-def __getattr__(name: str) -> object:
-    if name == "CircuitBreaker":
-        new, value = "aiowt.actors.Breaker", Breaker
-    elif name in _MOVED:
-        new = f"{_MOVED[name]}.{name}"
-        value = getattr(importlib.import_module(_MOVED[name]), name)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(f"aiowt.actors.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=2)
-    return value
+__getattr__ = deprecated_names(
+    __name__,
+    {
+        "CircuitBreaker": ("aiowt.actors.Breaker", lambda: Breaker),
+        **{name: moved_to(module, name) for name, module in _MOVED.items()},
+    },
+)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import enum
 import math
 import time
-import warnings
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -36,6 +35,7 @@ from dataclasses import dataclass
 import pykka
 import structlog
 
+from aiowt.transport.deprecation import deprecated_names
 from aiowt.transport.errors import UsageError
 
 from ._service import Request, Service, handles, tell_quietly
@@ -345,13 +345,13 @@ def _positive_number(name: str, value: object) -> None:
         raise UsageError(f"{name} must be a positive number of seconds, got {value!r}")
 
 
-def __getattr__(name: str) -> object:
-    if name == "CircuitBreaker":
-        warnings.warn(
-            "aiowt.actors.breaker.CircuitBreaker is deprecated; use Breaker (the middleware"
-            " that gates handshakes on it is aiowt.middleware.CircuitBreaker)",
-            DeprecationWarning,
-            stacklevel=2,
+__getattr__ = deprecated_names(
+    __name__,
+    {
+        "CircuitBreaker": (
+            "Breaker (the middleware that gates handshakes on it is"
+            " aiowt.middleware.CircuitBreaker)",
+            lambda: Breaker,
         )
-        return Breaker
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    },
+)

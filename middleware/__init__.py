@@ -9,8 +9,7 @@ keys (`aiowt.middleware.keys`), the session record observers share
 helpers of each middleware.
 """
 
-import importlib
-import warnings
+from aiowt.transport.deprecation import deprecated_names, moved_to
 
 from . import stacks
 from .auth import BasicAuth, BearerAuth, QueryAuth, RequireKey, StaticTokens
@@ -110,15 +109,10 @@ _MOVED = {
 }
 
 
-def __getattr__(name: str) -> object:
-    if name == "DefaultLogger":
-        new, value = "aiowt.middleware.Logger (the same middleware)", Logger
-    elif name in _MOVED:
-        new = f"{_MOVED[name]}.{name}"
-        value = getattr(importlib.import_module(_MOVED[name]), name)
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"aiowt.middleware.{name} is deprecated; use {new}", DeprecationWarning, stacklevel=2
-    )
-    return value
+__getattr__ = deprecated_names(
+    __name__,
+    {
+        "DefaultLogger": ("aiowt.middleware.Logger (the same middleware)", lambda: Logger),
+        **{name: moved_to(module, name) for name, module in _MOVED.items()},
+    },
+)

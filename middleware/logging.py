@@ -23,13 +23,13 @@ the router before any middleware runs, so it is not in these logs.
 from __future__ import annotations
 
 import json
-import warnings
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
 import structlog
 
 from aiowt.transport import SessionContext, UsageError
+from aiowt.transport.deprecation import deprecated_names
 
 from ._plumbing import observe, when_accepted
 from .access_format import (
@@ -324,20 +324,14 @@ class JsonAccessLog:
 
 # --- names this module used to hold -------------------------------------------------------
 
-_DEPRECATED: dict[str, tuple[str, object]] = {
-    "DefaultLogger": ("Logger() (it is the same middleware)", Logger),
-    "format_duration": ("aiowt.middleware.access_format.format_duration", _format_duration),
-    "redact_query": ("aiowt.middleware.access_format.redact_query", _redact_query),
-}
-
-
-def __getattr__(name: str) -> object:
-    if name not in _DEPRECATED:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    new, value = _DEPRECATED[name]
-    warnings.warn(
-        f"aiowt.middleware.logging.{name} is deprecated; use {new}",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return value
+__getattr__ = deprecated_names(
+    __name__,
+    {
+        "DefaultLogger": ("Logger() (it is the same middleware)", lambda: Logger),
+        "format_duration": (
+            "aiowt.middleware.access_format.format_duration",
+            lambda: _format_duration,
+        ),
+        "redact_query": ("aiowt.middleware.access_format.redact_query", lambda: _redact_query),
+    },
+)

@@ -7,12 +7,10 @@ after ``await call_next(ctx)`` returns or raises.
 
 from __future__ import annotations
 
-import importlib
-import warnings
-
 from aiowt.transport import SessionContext
+from aiowt.transport.deprecation import deprecated_names, moved_to
 
-from . import _plumbing
+from . import _plumbing, record
 from .chain import CallNext
 from .record import SessionRecord, session_record, start_time
 
@@ -52,18 +50,6 @@ class Recorder:
 
 # --- names this module used to hold -------------------------------------------------------
 
-_MOVED = {
-    "BYTES_IN": "aiowt.middleware.record",
-    "BYTES_OUT": "aiowt.middleware.record",
-    "ELAPSED": "aiowt.middleware.record",
-    "RECORD": "aiowt.middleware.record",
-    "START_TIME": "aiowt.middleware.record",
-    "STATUS": "aiowt.middleware.record",
-    "SessionRecord": "aiowt.middleware.record",
-    "session_record": "aiowt.middleware.record",
-    "start_time": "aiowt.middleware.record",
-}
-
 
 async def _observe(
     ctx: SessionContext, call_next: CallNext
@@ -77,20 +63,14 @@ async def _observe(
     return session_record(ctx), None
 
 
-def __getattr__(name: str) -> object:
-    if name in _MOVED:
-        new = f"{_MOVED[name]}.{name}"
-        value: object = getattr(importlib.import_module(_MOVED[name]), name)
-    elif name == "observe":
-        new, value = "an `async with` around call_next (see docs/observability.md)", _observe
-    elif name == "when_accepted":
-        new = "a tap (aiowt.transport.SessionTap) seeing SessionAccepted"
-        value = _plumbing.when_accepted
-    else:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    warnings.warn(
-        f"aiowt.middleware.timing.{name} is deprecated; use {new}",
-        DeprecationWarning,
-        stacklevel=2,
-    )
-    return value
+__getattr__ = deprecated_names(
+    __name__,
+    {
+        **{name: moved_to(record.__name__, name) for name in record.__all__},
+        "observe": ("an `async with` around call_next (docs/observability.md)", lambda: _observe),
+        "when_accepted": (
+            "a tap (aiowt.transport.SessionTap) seeing SessionAccepted",
+            lambda: _plumbing.when_accepted,
+        ),
+    },
+)
