@@ -1,23 +1,79 @@
-"""`RateLimitRegistry`: concurrent sessions per key (client IP, route pattern, resolved path).
+"""`RateLimitRegistry`: concurrent sessions per key, every session cap's one counter.
+
+A cap is a set of slots under a `(scope, key)`: per client IP (`RateLimit`, scope
+``"ip"``), per route pattern (``"route"``), per resolved path (``"path"``), server-wide
+(`MaxSessions`, ``"sessions"`` with an empty key). A server's limits count under
+scopes that name their place (``"ip@use[0]"``), so two limits never share a count by
+accident.
 
 Counts are kept as the set of holders (session ids) per `(scope, key)`, not as a bare
 number, which makes both directions exact and idempotent: a session that acquires twice
 holds one slot, and a release from a session that holds nothing is a no-op, so a count
 can never go negative or drift. Empty entries are deleted, so memory follows the live
 sessions, not every IP ever seen.
+
+`AcquireAll` is admission: every cap a session's route has, checked and taken in one
+message, or none of them. Where the slots live is the registry's `SlotStore`: this
+process (`LocalSlots`, the default) or a store shared by several processes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Protocol
 
 from aiowt.transport.errors import UsageError
 
 from ._service import Request, Service, handles
 
-__all__ = ["Acquire", "CountHolders", "HolderCounts", "RateLimitRegistry", "Release"]
+__all__ = [
+    "Acquire",
+    "AcquireAll",
+    "Claim",
+    "CountHolders",
+    "HolderCounts",
+    "LocalSlots",
+    "RateLimitRegistry",
+    "Release",
+    "ReleaseAll",
+    "SlotStore",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """A slot under `(scope, key)`, wanted while fewer than `limit` are held there."""
+
+    scope: str
+    key: str
+    limit: int
+
+
+# --- messages -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireAll(Request["int | None"]):
+    """Ask for a slot for `holder` under every claim, all or none.
+
+    Replies None when `holder` holds every slot afterwards (a slot it already held
+    counts), else the index of the first claim whose limit is reached; then nothing is
+    taken.
+    """
+
+    holder: str
+    claims: tuple[Claim, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseAll(Request[int]):
+    """`holder` gives back its slots under the claims' `(scope, key)`s; replies how many
+    it held. Usually told, not asked. Releasing a slot never acquired changes nothing."""
+
+    holder: str
+    claims: tuple[Claim, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +81,7 @@ class Acquire(Request[bool]):
     """Ask for a slot for `holder` under `(scope, key)`, if fewer than `limit` are held.
 
     Replies True when `holder` holds a slot afterwards (including when it already did),
-    False when the limit is reached.
+    False when the limit is reached. (`AcquireAll` with one claim.)
     """
 
     scope: str
@@ -59,63 +115,141 @@ class HolderCounts(Request[Mapping[str, Mapping[str, int]]]):
     """Ask for every non-zero count, as read-only {scope: {key: count}}."""
 
 
-class RateLimitRegistry(Service):
-    """The actor that owns concurrent-session counts. Messages: `Acquire`, `Release`,
-    `CountHolders`, `HolderCounts`.
+# --- where the slots live -----------------------------------------------------------------
 
-    Middleware pick the scope (`"ip"`, `"route"`, `"path"`); middleware that share a
-    registry and a scope share its counts.
-    """
+
+class SlotStore(Protocol):
+    """The state behind a `RateLimitRegistry`. Every call gets validated arguments."""
+
+    async def acquire(self, holder: str, claims: Sequence[Claim]) -> int | None:
+        """Take a slot under every claim, or none: None, or the first refused index."""
+
+    async def release(self, holder: str, claims: Sequence[Claim]) -> int:
+        """Give back `holder`'s slots under the claims; how many it held."""
+
+    async def count(self, scope: str, key: str) -> int:
+        """Slots held under `(scope, key)`."""
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        """Every non-zero count, {scope: {key: count}}."""
+
+    async def close(self) -> None:
+        """Let go of what the store holds (connections, tasks); the registry stopped."""
+
+
+class LocalSlots:
+    """Slots in this process: a set of holders per `(scope, key)`."""
 
     def __init__(self) -> None:
-        super().__init__()
-        self._holders: dict[tuple[str, str], set[str]] = {}
+        self.holders: dict[tuple[str, str], set[str]] = {}
 
     def __repr__(self) -> str:
-        return f"<RateLimitRegistry keys={len(self._holders)}>"
+        return f"<LocalSlots keys={len(self.holders)}>"
+
+    async def acquire(self, holder: str, claims: Sequence[Claim]) -> int | None:
+        for index, claim in enumerate(claims):
+            held = self.holders.get((claim.scope, claim.key))
+            if held is not None and holder not in held and len(held) >= claim.limit:
+                return index
+        for claim in claims:
+            self.holders.setdefault((claim.scope, claim.key), set()).add(holder)
+        return None
+
+    async def release(self, holder: str, claims: Sequence[Claim]) -> int:
+        released = 0
+        for claim in claims:
+            slot = (claim.scope, claim.key)
+            held = self.holders.get(slot)
+            if held is None or holder not in held:
+                continue
+            held.discard(holder)
+            released += 1
+            if not held:
+                del self.holders[slot]
+        return released
+
+    async def count(self, scope: str, key: str) -> int:
+        held = self.holders.get((scope, key))
+        return 0 if held is None else len(held)
+
+    async def counts(self) -> dict[str, dict[str, int]]:
+        counts: dict[str, dict[str, int]] = {}
+        for (scope, key), held in self.holders.items():
+            counts.setdefault(scope, {})[key] = len(held)
+        return counts
+
+    async def close(self) -> None:
+        pass
+
+
+# --- the actor ----------------------------------------------------------------------------
+
+
+class RateLimitRegistry(Service):
+    """The actor that owns concurrent-session counts. Messages: `AcquireAll`,
+    `ReleaseAll`, `Acquire`, `Release`, `CountHolders`, `HolderCounts`.
+
+    Middleware pick the scope (`"ip"`, `"route"`, `"path"`, `"sessions"`); middleware
+    that share a registry and a scope share its counts. `store` is where the slots live
+    (default: `LocalSlots`, in this process).
+    """
+
+    def __init__(self, store: SlotStore | None = None) -> None:
+        super().__init__()
+        self.store: SlotStore = store if store is not None else LocalSlots()
+
+    def __repr__(self) -> str:
+        return f"<RateLimitRegistry {self.store!r}>"
+
+    async def on_stop(self) -> None:  # type: ignore[override]
+        await self.store.close()
+
+    @handles(AcquireAll)
+    async def _acquire_all(self, message: AcquireAll) -> int | None:
+        holder, claims = _holder(message.holder), _claims(message.claims)
+        return await self.store.acquire(holder, claims)
+
+    @handles(ReleaseAll)
+    async def _release_all(self, message: ReleaseAll) -> int:
+        holder, claims = _holder(message.holder), _claims(message.claims, limits=False)
+        return await self.store.release(holder, claims)
 
     @handles(Acquire)
-    def _acquire(self, message: Acquire) -> bool:
-        slot = _slot(message.scope, message.key, message.holder)
-        limit = message.limit
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise UsageError(f"limit must be a positive int, got {limit!r}")
-        holders = self._holders.get(slot)
-        if holders is None:
-            self._holders[slot] = {message.holder}
-            return True
-        if message.holder in holders:
-            return True
-        if len(holders) >= limit:
-            return False
-        holders.add(message.holder)
-        return True
+    async def _acquire(self, message: Acquire) -> bool:
+        claim = Claim(message.scope, message.key, message.limit)
+        holder, claims = _holder(message.holder), _claims((claim,))
+        return await self.store.acquire(holder, claims) is None
 
     @handles(Release)
-    def _release(self, message: Release) -> bool:
-        slot = _slot(message.scope, message.key, message.holder)
-        holders = self._holders.get(slot)
-        if holders is None or message.holder not in holders:
-            return False
-        holders.discard(message.holder)
-        if not holders:
-            del self._holders[slot]
-        return True
+    async def _release(self, message: Release) -> bool:
+        claim = Claim(message.scope, message.key, 1)
+        holder, claims = _holder(message.holder), _claims((claim,))
+        return await self.store.release(holder, claims) == 1
 
     @handles(CountHolders)
-    def _count(self, message: CountHolders) -> int:
-        holders = self._holders.get(_slot(message.scope, message.key, ""))
-        return 0 if holders is None else len(holders)
+    async def _count(self, message: CountHolders) -> int:
+        (claim,) = _claims((Claim(message.scope, message.key, 1),))
+        return await self.store.count(claim.scope, claim.key)
 
     @handles(HolderCounts)
-    def _counts(self, message: HolderCounts) -> Mapping[str, Mapping[str, int]]:
-        counts: dict[str, dict[str, int]] = {}
-        for (scope, key), holders in self._holders.items():
-            counts.setdefault(scope, {})[key] = len(holders)
+    async def _counts(self, message: HolderCounts) -> Mapping[str, Mapping[str, int]]:
+        counts = await self.store.counts()
         return MappingProxyType({s: MappingProxyType(k) for s, k in counts.items()})
 
 
-def _slot(scope: object, key: object, holder: object) -> tuple[str, str]:
-    if not (isinstance(scope, str) and isinstance(key, str) and isinstance(holder, str)):
-        raise UsageError(f"scope, key and holder must be str, got {(scope, key, holder)!r}")
-    return scope, key
+def _holder(holder: object) -> str:
+    if not isinstance(holder, str):
+        raise UsageError(f"a holder is a str (a session id), got {holder!r}")
+    return holder
+
+
+def _claims(claims: object, *, limits: bool = True) -> tuple[Claim, ...]:
+    if not isinstance(claims, tuple | list) or not all(isinstance(c, Claim) for c in claims):
+        raise UsageError(f"claims must be a tuple of Claim, got {claims!r}")
+    for claim in claims:
+        if not (isinstance(claim.scope, str) and isinstance(claim.key, str)):
+            raise UsageError(f"scope and key must be str, got {claim!r}")
+        limit = claim.limit
+        if limits and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise UsageError(f"limit must be a positive int, got {limit!r}")
+    return tuple(claims)

@@ -54,22 +54,19 @@ Via = Literal["datagram", "stream"]
 
 @dataclass(frozen=True, slots=True)
 class Register(Request[bool]):
-    """Ask to count session `session_id` in `pool`, if fewer than `limit` are (None: no cap).
+    """Ask to count session `session_id` as live, if fewer than `limit` are (None: no cap).
 
     Replies True when it is registered afterwards, False when the cap is reached. A
-    pool is one cap's count (each `MaxSessions` that a server hands its registry counts
-    in a pool of its own; the default pool is shared). A session already in the pool is
-    not counted again: the registration takes one more hold on it (two `MaxSessions`
-    sharing a pool, say), and it stays in the pool until every hold is released by its
-    `Unregister`. A session is live (listed, looked up, broadcast to) while it is in any
-    pool.
+    session already registered is not counted again: the registration takes one more
+    hold on it (two `MaxSessions` sharing the registry, say), and the session stays
+    live until every hold is released by its `Unregister`. (`MaxSessions` caps in the
+    rate-limit registry, with the chain's other limits, and registers here without one.)
     """
 
     session_id: str
     limit: int | None = None
     remote_ip: str = ""
     path: str = ""
-    pool: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,12 +79,11 @@ class Attach(Request[bool]):
 
 @dataclass(frozen=True, slots=True)
 class Unregister(Request[bool]):
-    """Release one hold on session `session_id` in `pool` (see `Register`); True if it
-    held one. The session leaves the registry with its last hold in any pool; unknown
-    ids are a no-op."""
+    """Release one hold on session `session_id` (see `Register`); True if it was
+    registered. The session leaves the registry with its last hold; unknown ids are a
+    no-op."""
 
     session_id: str
-    pool: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,8 +162,7 @@ class _Entry:
     __slots__ = ("channel", "holds", "info")
 
     def __init__(self, info: SessionInfo) -> None:
-        self.holds: dict[str, int] = {}
-        """Pool -> registrations in it not yet released."""
+        self.holds = 1
         self.info = info
         self.channel: OutboundChannel | None = None
 
@@ -185,7 +180,6 @@ class SessionRegistry(Service):
     def __init__(self) -> None:
         super().__init__()
         self._entries: dict[str, _Entry] = {}
-        self._pools: dict[str, set[str]] = {}
 
     def __repr__(self) -> str:
         return f"<SessionRegistry sessions={len(self._entries)}>"
@@ -198,21 +192,14 @@ class SessionRegistry(Service):
             raise UsageError(f"limit must be an int or None, got {limit!r}")
         if not isinstance(message.remote_ip, str) or not isinstance(message.path, str):
             raise UsageError("remote_ip and path must be str")
-        pool = _pool(message.pool)
         entry = self._entries.get(session_id)
-        if entry is not None and pool in entry.holds:
-            entry.holds[pool] += 1
+        if entry is not None:
+            entry.holds += 1
             return True
-        members = self._pools.get(pool)
-        if limit is not None and len(members or ()) >= limit:
+        if limit is not None and len(self._entries) >= limit:
             return False
-        if entry is None:
-            info = SessionInfo(session_id, message.remote_ip, message.path, time.monotonic(), None)
-            entry = self._entries[session_id] = _Entry(info)
-        entry.holds[pool] = 1
-        if members is None:
-            members = self._pools[pool] = set()
-        members.add(session_id)
+        info = SessionInfo(session_id, message.remote_ip, message.path, time.monotonic(), None)
+        self._entries[session_id] = _Entry(info)
         return True
 
     @handles(Attach)
@@ -233,17 +220,10 @@ class SessionRegistry(Service):
     @handles(Unregister)
     def _unregister(self, message: Unregister) -> bool:
         session_id = _id(message.session_id)
-        pool = _pool(message.pool)
         entry = self._entries.get(session_id)
-        if entry is None or pool not in entry.holds:
+        if entry is None:
             return False
-        entry.holds[pool] -= 1
-        if not entry.holds[pool]:
-            del entry.holds[pool]
-            members = self._pools[pool]
-            members.discard(session_id)
-            if not members:
-                del self._pools[pool]
+        entry.holds -= 1
         if not entry.holds:
             del self._entries[session_id]
         return True
@@ -318,12 +298,6 @@ class SessionRegistry(Service):
             else:
                 failed += 1
         return Delivery(delivered, failed, missing)
-
-
-def _pool(pool: object) -> str:
-    if not isinstance(pool, str):
-        raise UsageError(f"a pool name is a str, got {pool!r}")
-    return pool
 
 
 def _id(session_id: object) -> str:

@@ -53,6 +53,8 @@ from typing import Final, Protocol, runtime_checkable
 from aiowt.actors import Services
 from aiowt.transport import Rejected, SessionContext, UsageError
 
+from .admission import ADMISSION, Admission, SessionLimit
+
 __all__ = [
     "CallNext",
     "Chain",
@@ -100,8 +102,9 @@ class Chain:
     ``__len__`` on purpose: a chain without middleware must still be truthy.
     """
 
-    __slots__ = ("_entry", "_middleware", "_terminal")
+    __slots__ = ("_admission", "_entry", "_middleware", "_terminal")
 
+    _admission: Admission
     _entry: CallNext
     _middleware: tuple[Middleware, ...]
     _terminal: CallNext
@@ -115,6 +118,12 @@ class Chain:
         object.__setattr__(self, "_middleware", middleware)
         object.__setattr__(self, "_terminal", terminal)
         object.__setattr__(self, "_entry", entry)
+        # The session limits are admitted together, at the first of them to run.
+        limits: list[SessionLimit] = []
+        for mw in middleware:
+            if isinstance(mw, SessionLimit):
+                limits.append(mw)
+        object.__setattr__(self, "_admission", Admission(limits))
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"a Chain is frozen; cannot set {name!r}")
@@ -124,12 +133,19 @@ class Chain:
 
     def __call__(self, ctx: SessionContext) -> Awaitable[None]:
         """Run the chain for one session; completes when the session has ended."""
+        if self._admission:
+            ctx.set(ADMISSION, self._admission)
         return self._entry(ctx)
 
     @property
     def middleware(self) -> tuple[Middleware, ...]:
         """The middleware, outermost first."""
         return self._middleware
+
+    @property
+    def admission(self) -> Admission:
+        """The chain's session limits, admitted together (see `aiowt.middleware.admission`)."""
+        return self._admission
 
     @property
     def terminal(self) -> CallNext:

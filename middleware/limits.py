@@ -34,12 +34,11 @@ from aiowt.actors import (
     ServiceHandle,
     Services,
     SessionRegistry,
-    ask_future,
     tell_quietly,
 )
 from aiowt.actors import metric_names as names
 from aiowt.actors.metrics import Inc
-from aiowt.actors.ratelimit import Acquire, Release
+from aiowt.actors.ratelimit import Claim
 from aiowt.actors.sessions import Attach, Register, Unregister
 from aiowt.transport import CloseCode, Key, Rejected, SessionContext, UsageError
 from aiowt.transport.events import (
@@ -53,6 +52,7 @@ from aiowt.transport.events import (
 from aiowt.transport.session import Session, SessionTap
 
 from ._options import check_int, check_seconds, retry_after
+from .admission import admitted
 from .chain import CallNext
 from .metrics import report_rejection
 
@@ -75,26 +75,15 @@ def _metrics_handle(metrics: MetricsRef | None) -> ServiceHandle[MetricsCollecto
     return ServiceHandle(metrics, MetricsCollector.start, "metrics")
 
 
-async def _granted(future: pykka.Future[bool], on_cancel: Callable[[], object]) -> bool:
-    """Await an acquire; if we are cancelled meanwhile, undo it (it may still be granted).
-
-    The undo is a tell from the same thread as the ask, so the service handles it after
-    the acquire; an undo of something never granted is a no-op.
-    """
-    try:
-        return await future
-    except BaseException:
-        on_cancel()
-        raise
-
-
 # --- concurrent sessions ------------------------------------------------------------------
 
 
-class _ConcurrencyLimit:
-    """Shared body of the per-key limits: acquire in the registry, release in `finally`."""
+class _SessionCap:
+    """Shared body of the session limits: a slot in the rate-limit registry, admitted with
+    the chain's other limits (see `aiowt.middleware.admission`), released at the end."""
 
     scope: ClassVar[str]
+    status: ClassVar[int] = 429
     _limit_name: ClassVar[str] = "limit"
 
     def __init__(
@@ -126,6 +115,19 @@ class _ConcurrencyLimit:
             f"retry_after={self.retry_after:g}, service={self.service!r})"
         )
 
+    # --- the SessionLimit protocol ---------------------------------------------------------
+    def claim(self, ctx: SessionContext) -> Claim:
+        return Claim(self.counts_as, self._key(ctx), self.limit)
+
+    def refusal(self, ctx: SessionContext) -> Rejected:
+        report_rejection(ctx, self.metrics.started, type(self).__name__, self.status)
+        return Rejected(
+            self.status, self._reason(self._key(ctx)), headers=[retry_after(self.retry_after)]
+        )
+
+    def registry(self) -> pykka.ActorRef[RateLimitRegistry]:
+        return self.service.ref()
+
     def _key(self, ctx: SessionContext) -> str:
         raise NotImplementedError
 
@@ -133,28 +135,15 @@ class _ConcurrencyLimit:
         raise NotImplementedError
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        ref = self.service.ref()
-        key = self._key(ctx)
-        holder = ctx.session_id
-        release = Release(self.counts_as, key, holder)
-        granted = await _granted(
-            ask_future(ref, Acquire(self.counts_as, key, holder, self.limit)),
-            lambda: tell_quietly(ref, release),
-        )
-        if not granted:
-            report_rejection(ctx, self.metrics.started, type(self).__name__, 429)
-            raise Rejected(429, self._reason(key), headers=[retry_after(self.retry_after)])
-        try:
+        async with admitted(ctx, self):
             await call_next(ctx)
-        finally:
-            tell_quietly(ref, release)
 
     async def aclose(self) -> None:
         """Stop the registry if this middleware started it."""
         await self.service.stop()
 
 
-class RateLimit(_ConcurrencyLimit):
+class RateLimit(_SessionCap):
     """At most `max_per_ip` concurrent sessions per client IP (not ip:port); else 429."""
 
     scope = "ip"
@@ -181,7 +170,7 @@ class RateLimit(_ConcurrencyLimit):
         return f"too many concurrent sessions from {key} (limit {self.limit})"
 
 
-class RouteRateLimit(_ConcurrencyLimit):
+class RouteRateLimit(_SessionCap):
     """At most `max_concurrent` concurrent sessions per route pattern; else 429."""
 
     scope = "route"
@@ -210,7 +199,7 @@ class RouteRateLimit(_ConcurrencyLimit):
         return f"too many concurrent sessions on route {key} (limit {self.limit})"
 
 
-class PerPathRateLimit(_ConcurrencyLimit):
+class PerPathRateLimit(_SessionCap):
     """At most `max_per_path` concurrent sessions per resolved path; else 429."""
 
     scope = "path"
@@ -252,67 +241,69 @@ class _AttachTap(SessionTap):
         return True
 
 
-class MaxSessions:
-    """At most `max_sessions` live sessions in the `SessionRegistry`; else 503.
+class MaxSessions(_SessionCap):
+    """At most `max_sessions` live sessions through it; else 503.
 
-    Registers each session before it is accepted (that is where the cap is checked),
-    attaches the transport session once accepted (so the registry can look it up and
-    broadcast to it), and unregisters it when it ends.
+    The cap is a slot in the rate-limit registry (`slots`), admitted with the chain's
+    other limits. Each session admitted is also registered in the `SessionRegistry`
+    (`registry`): before it is accepted, attached to its transport session once accepted
+    (so the registry can look it up and broadcast to it), and unregistered when it ends.
     """
+
+    scope = "sessions"
+    status = 503
+    _limit_name = "max_sessions"
 
     def __init__(
         self,
         max_sessions: int,
         *,
         registry: pykka.ActorRef[SessionRegistry] | None = None,
+        slots: pykka.ActorRef[RateLimitRegistry] | None = None,
         metrics: MetricsRef | None = None,
         retry_after: float = 1.0,
     ) -> None:
-        self.max_sessions = check_int("max_sessions", max_sessions)
-        self.retry_after = check_seconds("retry_after", retry_after)
-        self.metrics = _metrics_handle(metrics)
-        self.service: ServiceHandle[SessionRegistry] = ServiceHandle(
+        super().__init__(max_sessions, registry=slots, metrics=metrics, retry_after=retry_after)
+        self.sessions: ServiceHandle[SessionRegistry] = ServiceHandle(
             registry, SessionRegistry.start, "registry"
         )
-        self.pool = ""
-        """The registry pool this cap counts in (its place, in a server's registry)."""
+
+    @property
+    def max_sessions(self) -> int:
+        return self.limit
 
     def use_services(self, services: Services, name: str) -> None:
-        if not self.service.given:
-            self.service.bind(services.sessions)
-            self.pool = name
-        self.metrics.bind(services.metrics)
+        super().use_services(services, name)
+        self.sessions.bind(services.sessions)
 
     def __repr__(self) -> str:
         return (
-            f"MaxSessions(max_sessions={self.max_sessions}, retry_after={self.retry_after:g}, "
-            f"service={self.service!r})"
+            f"MaxSessions(max_sessions={self.limit}, retry_after={self.retry_after:g}, "
+            f"registry={self.sessions!r})"
         )
+
+    def _key(self, ctx: SessionContext) -> str:
+        return ""
+
+    def _reason(self, key: str) -> str:
+        return f"server at capacity ({self.limit} sessions)"
 
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
-        ref = self.service.ref()
-        session_id = ctx.session_id
-        unregister = Unregister(session_id, self.pool)
-        register = Register(session_id, self.max_sessions, ctx.remote_ip, ctx.path, self.pool)
-        registered = await _granted(
-            ask_future(ref, register), lambda: tell_quietly(ref, unregister)
-        )
-        if not registered:
-            report_rejection(ctx, self.metrics.started, "MaxSessions", 503)
-            raise Rejected(
-                503,
-                f"server at capacity ({self.max_sessions} sessions)",
-                headers=[retry_after(self.retry_after)],
-            )
-        ctx.taps.append(_AttachTap(ref, session_id))
-        try:
-            await call_next(ctx)
-        finally:
-            tell_quietly(ref, unregister)
+        async with admitted(ctx, self):
+            ref = self.sessions.ref()
+            session_id = ctx.session_id
+            # Told, not asked: the cap was taken above, this only lists the session.
+            tell_quietly(ref, Register(session_id, None, ctx.remote_ip, ctx.path))
+            ctx.taps.append(_AttachTap(ref, session_id))
+            try:
+                await call_next(ctx)
+            finally:
+                tell_quietly(ref, Unregister(session_id))
 
     async def aclose(self) -> None:
-        """Stop the registry if this middleware started it."""
-        await self.service.stop()
+        """Stop the registries if this middleware started them."""
+        await super().aclose()
+        await self.sessions.stop()
 
 
 # --- message rate -------------------------------------------------------------------------

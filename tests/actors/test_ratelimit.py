@@ -9,7 +9,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aiowt.actors import ask
-from aiowt.actors.ratelimit import Acquire, CountHolders, HolderCounts, RateLimitRegistry, Release
+from aiowt.actors.ratelimit import (
+    Acquire,
+    AcquireAll,
+    Claim,
+    CountHolders,
+    HolderCounts,
+    LocalSlots,
+    RateLimitRegistry,
+    Release,
+    ReleaseAll,
+)
 from tests.actors.test_service_harness import (
     Failed,
     Program,
@@ -97,6 +107,24 @@ class RateLimitModel:
             if not holders:
                 del self.holders[(message.scope, message.key)]
             return True
+        if isinstance(message, AcquireAll):
+            for index, claim in enumerate(message.claims):
+                held = self.holders.get((claim.scope, claim.key), set())
+                if message.holder not in held and len(held) >= claim.limit:
+                    return index
+            for claim in message.claims:
+                self.holders.setdefault((claim.scope, claim.key), set()).add(message.holder)
+            return None
+        if isinstance(message, ReleaseAll):
+            released = 0
+            for claim in message.claims:
+                held = self.holders.get((claim.scope, claim.key), set())
+                if message.holder in held:
+                    held.discard(message.holder)
+                    released += 1
+                    if not held:
+                        del self.holders[(claim.scope, claim.key)]
+            return released
         if isinstance(message, CountHolders):
             return len(self.holders.get((message.scope, message.key), ()))
         return Failed("UnknownMessage")
@@ -106,7 +134,9 @@ class RateLimitModel:
 
 
 def registry_view(actor: RateLimitRegistry) -> object:
-    return sorted((slot, len(holders)) for slot, holders in actor._holders.items())
+    store = actor.store
+    assert isinstance(store, LocalSlots)
+    return sorted((slot, len(holders)) for slot, holders in store.holders.items())
 
 
 def within_limits(view: object) -> None:
@@ -117,6 +147,8 @@ def within_limits(view: object) -> None:
 
 operation = st.one_of(
     st.tuples(st.just("acquire"), st.sampled_from(SCOPES), st.sampled_from(KEYS)),
+    st.tuples(st.just("acquire all"), st.sampled_from(KEYS), st.sampled_from(KEYS)),
+    st.tuples(st.just("release all"), st.sampled_from(KEYS), st.sampled_from(KEYS)),
     st.tuples(st.just("release"), st.sampled_from(SCOPES), st.sampled_from(KEYS)),
     st.tuples(st.just("count"), st.sampled_from(SCOPES), st.sampled_from(KEYS)),
     st.tuples(st.just("bad"), st.just(""), st.just("")),
@@ -129,6 +161,13 @@ def session(holder: str, steps: list[tuple[tuple[str, str, str], bool]]) -> Prog
     for (kind, scope, key), by_tell in steps:
         if kind == "acquire":
             yield Acquire(scope, key, holder, LIMITS[scope]), "ask"
+        elif kind in ("acquire all", "release all"):
+            # One admission's claims: an ip key and a route key (scope, key reused).
+            claims = (Claim("ip", scope, LIMITS["ip"]), Claim("route", key, LIMITS["route"]))
+            if kind == "acquire all":
+                yield AcquireAll(holder, claims), "ask"
+            else:
+                yield ReleaseAll(holder, claims), "tell" if by_tell else "ask"
         elif kind == "release":
             yield Release(scope, key, holder), "tell" if by_tell else "ask"
         elif kind == "count":

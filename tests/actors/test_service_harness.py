@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import inspect
 import threading
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Awaitable, Callable, Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
@@ -72,6 +73,19 @@ def recording(service: type[S], view: Callable[[S], object]) -> type[S]:
                 return super().on_receive(message)
             try:
                 result = super().on_receive(message)
+            except Exception as error:
+                self.history.append((message, Failed(type(error).__name__), self.view_now()))
+                raise
+            if inspect.iscoroutine(result):
+                return self._record_when_done(message, result)
+            self.history.append((message, result, self.view_now()))
+            return result
+
+        async def _record_when_done(self, message: Any, handling: Awaitable[Any]) -> Any:
+            # An async handler (a service whose state lives in a store): the outcome is
+            # known when it finishes, still before the next message starts.
+            try:
+                result = await handling
             except Exception as error:
                 self.history.append((message, Failed(type(error).__name__), self.view_now()))
                 raise

@@ -349,24 +349,3 @@ def test_concurrent_sessions_match_the_sequential_model(
             await ref.stop(block=False)
 
     asyncio.run(scenario())
-
-
-async def test_pools_keep_the_counts_of_several_caps_apart() -> None:
-    """Each `MaxSessions` a server hands its registry counts in a pool of its own."""
-    ref = SessionRegistry.start()
-    try:
-        assert await ask(ref, Register("a", limit=1, pool="/chat[0]"))
-        assert not await ask(ref, Register("b", limit=1, pool="/chat[0]"))
-        assert await ask(ref, Register("b", limit=10, pool="use[0]"))
-        assert await ask(ref, Register("a", limit=10, pool="use[0]"))  # a in both pools
-        assert await ask(ref, CountSessions()) == 2
-        assert not await ask(ref, Unregister("b", pool="/chat[0]"))  # not in that pool
-        assert await ask(ref, Unregister("a", pool="/chat[0]"))
-        assert await ask(ref, LookupSession("a")) is not None  # still in use[0]
-        assert await ask(ref, Register("b", limit=1, pool="/chat[0]"))  # a's slot is free
-        assert await ask(ref, Unregister("a", pool="use[0]"))
-        assert await ask(ref, LookupSession("a")) is None  # in no pool: gone
-        with pytest.raises(UsageError):
-            await ask(ref, Register("c", pool=3))  # type: ignore[arg-type]
-    finally:
-        await ref.stop(block=False)

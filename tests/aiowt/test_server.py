@@ -39,7 +39,8 @@ async def test_the_server_starts_its_services_and_hands_them_to_its_middleware()
     services = server.services
     assert metrics.service.started is services.metrics
     assert limit.service.started is services.rate_limits
-    assert cap.service.started is services.sessions
+    assert cap.service.started is services.rate_limits  # its cap is a slot there
+    assert cap.sessions.started is services.sessions  # and it lists its sessions here
     assert bucket.metrics.started is services.metrics
     assert await ask(services.sessions, CountSessions()) == 1
     await session.aclose()
@@ -77,7 +78,12 @@ async def test_limits_sharing_the_servers_registries_keep_their_own_counts() -> 
     assert await _refused(server, "/b") == 503
     on_c = await server.connect_in_memory("/c")
     counts = await ask(server.services.rate_limits, HolderCounts())
-    assert counts == {"ip@use[0]": {"127.0.0.1": 3}, "ip@/a[0]": {"127.0.0.1": 1}}
+    assert counts == {
+        "ip@use[0]": {"127.0.0.1": 3},
+        "sessions@use[1]": {"": 3},
+        "ip@/a[0]": {"127.0.0.1": 1},
+        "sessions@/b[0]": {"": 1},
+    }
     assert await ask(server.services.sessions, CountSessions()) == 3
     for session in (first, on_b, on_c):
         await session.aclose()
