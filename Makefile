@@ -5,13 +5,13 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TYPECHECK := build/typecheck
 
-.PHONY: demo test lint typecheck pytest chromium bench soak clean
+.PHONY: demo test lint typecheck pytest system-packages bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The editable build warns that ./aiowt shadows the installed package: it is that package.
-	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[dev,prometheus,otel]'
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[dev,prometheus,otel,redis]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -26,13 +26,17 @@ demo: $(STAMP) $(CHAT_VENDOR)
 $(CHAT_VENDOR): examples/chat/package.json examples/chat/package-lock.json
 	npm ci --prefix examples/chat --no-audit --no-fund
 
-# Debian's Chromium for the browser tests (root on CI; skipped where apt is absent).
-chromium:
-	@command -v chromium >/dev/null 2>&1 || { \
+# Debian's Chromium and Redis for the browser and cluster tests (root on CI; skipped where
+# apt is absent). Redis is only installed: the tests start their own servers.
+SYSTEM_PACKAGES := chromium:chromium redis-server:redis-server
+system-packages:
+	@missing=""; for pair in $(SYSTEM_PACKAGES); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; done; \
+	if [ -n "$$missing" ]; then \
 	  if command -v apt-get >/dev/null 2>&1; then \
 	    SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
-	  else echo "no apt-get: browser tests will be skipped"; fi; }
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "no apt-get: tests needing$$missing will be skipped"; fi; fi
 
 LINTED := $(wildcard aiowt actors middleware transport tests examples bench)
 
@@ -47,7 +51,7 @@ typecheck: $(STAMP)
 	for pkg in actors middleware transport; do ln -sfn $(CURDIR)/$$pkg $(TYPECHECK)/aiowt/$$pkg; done
 	cd $(TYPECHECK) && MYPYPATH=. $(CURDIR)/$(VENV)/bin/mypy --strict --config-file $(CURDIR)/pyproject.toml -p aiowt
 
-pytest: $(STAMP) chromium $(CHAT_VENDOR)
+pytest: $(STAMP) system-packages $(CHAT_VENDOR)
 	$(PY) -m pytest -q
 
 test: lint typecheck pytest

@@ -30,6 +30,8 @@ from types import MappingProxyType
 from typing import Final, Literal
 
 __all__ = [
+    "BACKEND_CONNECTED",
+    "BACKEND_STATE_CHANGES",
     "BREAKER_FAILURES",
     "BREAKER_STATE",
     "BREAKER_TRANSITIONS",
@@ -191,6 +193,21 @@ WEBHOOK_EVENTS: Final = MetricSpec(
     "Webhook events by outcome: sent, failed, dropped (queue full).",
 )
 
+# --- the backend --------------------------------------------------------------------------
+
+BACKEND_CONNECTED: Final = MetricSpec(
+    "aiowt_backend_connected",
+    "gauge",
+    ("backend",),
+    "1 while the shared backend answers, 0 while its failure policy decides instead.",
+)
+BACKEND_STATE_CHANGES: Final = MetricSpec(
+    "aiowt_backend_state_changes_total",
+    "counter",
+    ("backend", "to"),
+    "Changes of the shared backend's state (to connected, or to unreachable).",
+)
+
 # --- the collector itself ---------------------------------------------------------------
 
 SERIES_OVERFLOWED: Final = MetricSpec(
@@ -223,6 +240,8 @@ CATALOGUE: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             BREAKER_TRANSITIONS,
             BREAKER_FAILURES,
             WEBHOOK_EVENTS,
+            BACKEND_CONNECTED,
+            BACKEND_STATE_CHANGES,
             SERIES_OVERFLOWED,
         )
     }

@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Sequence
 from pathlib import Path
 
+from aiowt.actors.backend import backend_from_url
 from aiowt.transport import UsageError
 from aiowt.transport.tls import generate_self_signed, write_certificate
 
@@ -34,13 +35,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run.add_argument("--key", help="private key (PEM)")
     run.add_argument(
+        "--backend",
+        metavar="URL",
+        default=None,
+        help=(
+            "where the shared limits live: memory: (this process, the default) or a Redis"
+            " URL (redis://[user:pass@]host[:port][/db], rediss://, unix:///path.sock),"
+            " options as ?prefix=&lease=&timeout=&failure=&processes="
+        ),
+    )
+    run.add_argument(
         "--workers",
         type=int,
         default=1,
         help=(
             "serve from N processes sharing the UDP port (SO_REUSEPORT), restarted if they"
-            " crash; limits and registries are per process, and a client that changes"
-            " address (connection migration) loses its connection (default: 1)"
+            " crash; limits are per process unless --backend shares them, and a client"
+            " that changes address (connection migration) loses its connection (default: 1)"
         ),
     )
 
@@ -79,9 +90,12 @@ def _run(args: argparse.Namespace) -> int:
             port=args.port,
             cert_file=args.cert,
             key_file=args.key,
+            backend=args.backend,
         )
 
     server = load_server(args.target)
+    if args.backend is not None:
+        server.backend = backend_from_url(args.backend)
     if (args.cert is None) != (args.key is None):
         raise UsageError("--cert and --key go together")
     if args.host is not None:

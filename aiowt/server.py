@@ -21,6 +21,7 @@ import structlog
 from aioquic.quic.configuration import QuicConfiguration
 
 from aiowt.actors import Handler, Services, run_session
+from aiowt.actors.backend import Backend, InProcess
 from aiowt.middleware import CallNext, Chain, Closable, Middleware, UsesServices, build_chain
 from aiowt.transport import (
     CloseCode,
@@ -61,8 +62,10 @@ class Server:
     ends. The chain is built once, when the server starts, and frozen after.
 
     The server's shared actors (`Services`: the metrics collector, the rate-limit and
-    session registries) are started with it, unless `services` are given, and handed to
-    every middleware that uses them (`UsesServices`) before the first session.
+    session registries) are started with it by its `backend` (in process by default;
+    `RedisBackend` shares the session limits between processes and machines), unless
+    `services` are given, and handed to every middleware that uses them
+    (`UsesServices`) before the first session.
     """
 
     def __init__(
@@ -81,6 +84,7 @@ class Server:
         reuse_port: bool = False,
         connection_limits: ConnectionLimits | None = None,
         services: Services | None = None,
+        backend: Backend | None = None,
     ) -> None:
         if (cert_file is None) != (key_file is None):
             raise UsageError("give both cert_file and key_file, or neither")
@@ -98,6 +102,10 @@ class Server:
         self.connection_limits = connection_limits or ConnectionLimits()
         if services is not None and not isinstance(services, Services):
             raise UsageError(f"services must be aiowt.actors.Services, got {services!r}")
+        if services is not None and backend is not None:
+            raise UsageError("give the server its services or a backend to start them, not both")
+        self.backend: Backend = backend if backend is not None else InProcess()
+        """Where the services this server starts keep their state (set it before start)."""
         self._given_services = services
         self._services: Services | None = None
         self._running = False
@@ -211,7 +219,7 @@ class Server:
                     (*self._middleware, *route.middleware), self._terminal_for(route)
                 )
         if self._services is None:
-            self._services = self._given_services or Services.start()
+            self._services = self._given_services or self.backend.start()
             self._hand_out_services(self._services)
         self._running = True
         configuration = quic_configuration(is_client=False, idle_timeout=self.idle_timeout)
@@ -256,6 +264,7 @@ class Server:
             "listening",
             host=host,
             port=port,
+            backend=self.backend.location,
             routes=[r.pattern for r in self._router.routes()],
             cert_sha256=self.certificate.sha256_hex if self.certificate else None,
         )

@@ -20,11 +20,12 @@ Known limits:
   the connection: its packets are dropped there and the connection times out; the
   client must reconnect. Routing by connection id (eBPF `SO_ATTACH_REUSEPORT_EBPF`
   steering on the server's connection ids) would lift this; aiowt does not do it.
-- **Per-process state.** Everything the shared actors keep (rate limits per IP, the
-  global session cap of `MaxSessions`, the session registry, rooms, metrics, the
-  circuit breaker) is per worker until a cluster backend exists: with N workers a
-  per-IP limit of 10 lets up to 10 x N sessions from one address through, a broadcast
-  reaches the sessions of one worker only, and each worker exports its own metrics.
+- **Per-process state.** On the default in-process backend, everything the shared
+  actors keep is per worker: with N workers a per-IP limit of 10 lets up to 10 x N
+  sessions from one address through. With `--backend redis://...` the session limits
+  (per IP, route, path, and `MaxSessions`) are exact across the workers (and machines);
+  the session registry, rooms and metrics are still per worker, and the circuit
+  breaker is per worker by design.
 - A worker that crashes takes its sessions with it; their clients see the connection
   time out (there is no one left to send CONNECTION_CLOSE) and reconnect, landing on a
   live worker or on its replacement.
@@ -51,6 +52,7 @@ from typing import Any
 
 import structlog
 
+from aiowt.actors.backend import Backend, backend_from_url
 from aiowt.transport import UsageError
 from aiowt.transport.tls import generate_self_signed, write_certificate
 
@@ -62,6 +64,9 @@ log = structlog.get_logger("aiowt.workers")
 
 WORKER_INDEX_ENV = "AIOWT_WORKER_INDEX"
 """Set in each worker's environment: its index, 0 to N-1 (stable across restarts)."""
+
+WORKER_COUNT_ENV = "AIOWT_WORKER_COUNT"
+"""Set in each worker's environment: how many workers share the port (and the limits)."""
 
 
 @dataclass
@@ -96,6 +101,7 @@ class Supervisor:
         port: int,
         cert_file: str,
         key_file: str,
+        backend: str | None = None,
         shutdown_timeout: float = 10.0,
         python: str = sys.executable,
     ) -> None:
@@ -106,6 +112,7 @@ class Supervisor:
         self.port = port
         self.cert_file = cert_file
         self.key_file = key_file
+        self.backend = backend
         self.shutdown_timeout = shutdown_timeout
         self.python = python
         self.workers = [_Worker(i) for i in range(workers)]
@@ -136,10 +143,16 @@ class Supervisor:
             self.cert_file,
             "--key",
             self.key_file,
+            *(("--backend", self.backend) if self.backend is not None else ()),
         ]
 
     def _spawn(self, worker: _Worker) -> None:
-        env = {**os.environ, WORKER_INDEX_ENV: str(worker.index), "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            WORKER_INDEX_ENV: str(worker.index),
+            WORKER_COUNT_ENV: str(len(self.workers)),
+            "PYTHONUNBUFFERED": "1",
+        }
         worker.process = subprocess.Popen(self._argv(), env=env)
         worker.started_at = time.monotonic()
         worker.restart_at = None
@@ -214,6 +227,16 @@ class Supervisor:
             worker.process = None
 
 
+def _shared_by(backend: Backend, workers: int) -> Backend:
+    """A shared backend's partition policy divides each limit by the processes sharing it:
+    tell it how many workers there are, unless it was told already."""
+    with_processes = getattr(backend, "with_processes", None)
+    if with_processes is None or workers <= 1 or getattr(backend, "processes", 1) != 1:
+        return backend
+    shared: Backend = with_processes(workers)
+    return shared
+
+
 def _free_port(host: str) -> int:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -229,14 +252,18 @@ def supervise(
     port: int | None = None,
     cert_file: str | None = None,
     key_file: str | None = None,
+    backend: str | None = None,
 ) -> int:
     """Serve `target` (`MODULE:ATTR`, a `Server`) from `workers` processes. Blocks.
 
     `host` and `port` default to the server's own; port 0 picks one free port for all
     workers. Without `cert_file`/`key_file` one self-signed certificate is made and
-    shared by every worker.
+    shared by every worker. `backend` (a URL) replaces the server's own backend in every
+    worker; a shared one (Redis) makes the limits cluster-wide.
     """
     server = load_server(target)
+    if backend is not None:
+        backend_from_url(backend)  # a bad URL fails here, once, not in every worker
     if (cert_file is None) != (key_file is None):
         raise UsageError("--cert and --key go together")
     host = server.host if host is None else host
@@ -270,14 +297,20 @@ def supervise(
             port=port,
             cert_file=cert_file,
             key_file=key_file,
+            backend=backend,
             shutdown_timeout=server.shutdown_timeout,
         )
         return supervisor.run()
 
 
-def run_worker(target: str, host: str, port: int, cert_file: str, key_file: str) -> int:
+def run_worker(
+    target: str, host: str, port: int, cert_file: str, key_file: str, backend: str | None = None
+) -> int:
     """One worker: serve `target` on the shared port until SIGINT/SIGTERM."""
     server = load_server(target)
+    if backend is not None:
+        server.backend = backend_from_url(backend)
+    server.backend = _shared_by(server.backend, int(os.environ.get(WORKER_COUNT_ENV, "1")))
     server.host = host
     server.port = port
     server.reuse_port = True
@@ -314,11 +347,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=None)
     parser.add_argument("--cert", default=None)
     parser.add_argument("--key", default=None)
+    parser.add_argument("--backend", default=None, metavar="URL")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         if args.worker:
-            return run_worker(args.target, args.host, args.port, args.cert, args.key)
+            return run_worker(args.target, args.host, args.port, args.cert, args.key, args.backend)
         return supervise(
             args.target,
             workers=args.workers,
@@ -326,6 +360,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             port=args.port,
             cert_file=args.cert,
             key_file=args.key,
+            backend=args.backend,
         )
     except UsageError as exc:
         parser.error(str(exc))

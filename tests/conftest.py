@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -16,6 +16,7 @@ from aiowt import Server
 from aiowt.middleware.chain import CallNext
 from aiowt.transport import Session, SessionContext, connect
 from aiowt.transport.tls import SelfSignedCertificate, generate_self_signed
+from tests.redis_server import RedisServer
 
 
 @pytest.fixture(scope="session")
@@ -80,14 +81,25 @@ async def start_echo_process(directory: Path) -> tuple[asyncio.subprocess.Proces
     """Run `aiowt run examples.echo:server` on an ephemeral port of 127.0.0.1, with a
     certificate written to `directory`. Returns the process (stdout piped, stderr merged),
     its port, and the output lines read up to its banner."""
+    return await start_server_process("examples.echo:server", directory)
+
+
+async def start_server_process(
+    target: str, directory: Path, *options: str
+) -> tuple[asyncio.subprocess.Process, int, list[str]]:
+    """Run `aiowt run TARGET` on an ephemeral port of 127.0.0.1 with `options`, with the
+    certificate in `directory` (written when missing). Returns the process (stdout piped,
+    stderr merged), its port, and the output lines read up to its banner."""
     from aiowt.cli import main as cli
 
-    assert cli(["cert", "--out", str(directory)]) == 0
+    if not (directory / "cert.pem").exists():
+        assert cli(["cert", "--out", str(directory)]) == 0
     process = await asyncio.create_subprocess_exec(
         sys.executable,
-        *("-m", "aiowt", "run", "examples.echo:server"),
+        *("-m", "aiowt", "run", target),
         *("--host", "127.0.0.1", "--port", "0"),
         *("--cert", str(directory / "cert.pem"), "--key", str(directory / "key.pem")),
+        *options,
         cwd=REPO,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -125,3 +137,21 @@ class Unwound:
         async with bounded():
             for _ in range(count):
                 await self.done.get()
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the session; tests keep apart by key prefix."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server of the test's own, for tests that stop and restart it."""
+    server = RedisServer(tmp_path_factory.mktemp("redis"))
+    server.start()
+    yield server
+    server.stop()
