@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TYPECHECK := build/typecheck
 
-.PHONY: demo test lint typecheck pytest system-packages bench soak clean
+.PHONY: demo demo-cluster test lint typecheck pytest system-packages bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ CHAT_VENDOR := examples/chat/static/vendor/msgpack.min.js
 # The main job: the chat demo (WebTransport on udp 4433, its page on http://localhost:4434).
 demo: $(STAMP) $(CHAT_VENDOR)
 	$(PY) -m examples.chat
+
+# The chat on two workers sharing a private redis-server (docs/scale.md).
+demo-cluster: $(STAMP) $(CHAT_VENDOR) system-packages
+	$(PY) -m examples.chat.cluster
 
 # The chat page's msgpack (@msgpack/msgpack, pinned by package-lock.json); npm ci's
 # postinstall copies its UMD build to examples/chat/static/vendor/.

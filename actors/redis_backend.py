@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import random
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -45,17 +44,13 @@ from pykka import ActorRef
 
 from aiowt.transport.errors import UsageError
 
-try:
-    from redis.asyncio import Redis, from_url
-    from redis.exceptions import ConnectionError as RedisConnectionError
-    from redis.exceptions import TimeoutError as RedisTimeoutError
-except ImportError as error:  # pragma: no cover - the extra is installed for the tests
-    raise ImportError("the Redis backend needs redis-py: pip install 'aiowt[redis]'") from error
-
+from ._redis import UNREACHABLE, Redis, backoff, from_url
 from ._service import tell_quietly
 from .metric_names import BACKEND_CONNECTED, BACKEND_STATE_CHANGES
 from .metrics import Inc, MetricsCollector, SetGauge
 from .ratelimit import Claim, RateLimitRegistry
+from .redis_rooms import RedisRooms
+from .room_bridge import RoomBridge
 from .services import Services
 from .sessions import SessionRegistry
 
@@ -138,9 +133,6 @@ return counts
 _RENEW_BATCH = 500
 """(key, holder) pairs per renewal script: a long script would stall Redis for others."""
 
-_UNREACHABLE = (TimeoutError, OSError, RedisConnectionError, RedisTimeoutError)
-"""What says Redis cannot be reached now; anything else is a bug, and raised."""
-
 
 class RedisSlots:
     """A `SlotStore` in Redis, shared by every process with the same `prefix`.
@@ -200,7 +192,7 @@ class RedisSlots:
             args = [self._now(), int(self.lease * 1000), holder, *(c.limit for c in claims)]
             try:
                 refused = int(await self._call(self._acquire_script, keys, args))
-            except _UNREACHABLE as error:
+            except UNREACHABLE as error:
                 self._lost(error)
             else:
                 self._failures = 0
@@ -227,7 +219,7 @@ class RedisSlots:
                         leased.append(key)
         if leased and self.connected:
             # Unreachable, the lease ends it anyway; never retried, never waited for long.
-            with contextlib.suppress(*_UNREACHABLE):
+            with contextlib.suppress(*UNREACHABLE):
                 await self._call(self._release_script, leased, [holder])
         return released
 
@@ -288,7 +280,7 @@ class RedisSlots:
             return
         try:
             await self._renew(write_back=False)
-        except _UNREACHABLE as error:
+        except UNREACHABLE as error:
             self._lost(error)
 
     async def _renew(self, *, write_back: bool) -> None:
@@ -310,8 +302,7 @@ class RedisSlots:
     # --- failure policy ---------------------------------------------------------------------
     def _lost(self, error: BaseException) -> None:
         self._failures += 1
-        backoff = min(self._max_backoff, 0.05 * 2 ** min(self._failures, 16))
-        self._retry_at = time.monotonic() + backoff * random.uniform(0.5, 1.5)
+        self._retry_at = time.monotonic() + backoff(self._failures, self._max_backoff)
         if self.connected:
             self.connected = False
             log.warning(
@@ -328,7 +319,7 @@ class RedisSlots:
         again (on failure, the next try is later, by the backoff)."""
         try:
             await self._renew(write_back=True)
-        except _UNREACHABLE as error:
+        except UNREACHABLE as error:
             self._lost(error)
             return
         self.connected = True
@@ -458,4 +449,11 @@ class RedisBackend:
             processes=self.processes,
             metrics=metrics,
         )
-        return Services(metrics, RateLimitRegistry.start(slots), SessionRegistry.start())
+        rooms = RedisRooms(
+            from_url(self.url),
+            RoomBridge.start(from_url(self.url), lease=self.lease),
+            prefix=self.prefix,
+            lease=self.lease,
+            timeout=max(self.timeout, 0.5),
+        )
+        return Services(metrics, RateLimitRegistry.start(slots), SessionRegistry.start(), rooms)

@@ -39,7 +39,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 from pykka import ActorDeadError, ActorRef
@@ -51,6 +51,8 @@ from ._service import Request, Service, handles, tell_quietly
 
 __all__ = [
     "FindRoom",
+    "LocalRooms",
+    "RoomStore",
     "GetHistory",
     "GetMembers",
     "JoinRoom",
@@ -358,7 +360,7 @@ class Room(Service):
         members = (*(m.info for m in self._members.values()), member.info)
         history = tuple(self._history)
         # Built before the member is added: if it cannot be encoded, nothing changed.
-        frame = self._snapshot_frame(member, members)
+        frame = self._snapshot_frame(member, members, history)
         self._members[member.id] = member
         # The snapshot goes first: everything the member receives later is newer.
         self._deliver(member, RoomSnapshot(self.name, member.info, members, history, frame))
@@ -457,8 +459,13 @@ class Room(Service):
             return False
         return True
 
-    def _snapshot_frame(self, member: Member, members: tuple[MemberInfo, ...]) -> bytes:
-        messages = [event.to_wire() for event in self._history]
+    def _snapshot_frame(
+        self,
+        member: Member,
+        members: tuple[MemberInfo, ...],
+        history: tuple[MessagePosted, ...],
+    ) -> bytes:
+        messages = [event.to_wire() for event in history]
         wire = {
             "type": "history",
             "room": self.name,
@@ -475,6 +482,55 @@ class Room(Service):
                     raise
                 # Keep the newest half: the late joiner wants the latest context.
                 del messages[: max(1, len(messages) // 2)]
+
+
+# --- where rooms run -------------------------------------------------------------------------
+
+
+class RoomStore(Protocol):
+    """How a `RoomManager` starts its rooms: in-process `Room`s (`LocalRooms`), or rooms
+    whose order and presence are shared by several processes (the Redis backend's)."""
+
+    def start(
+        self,
+        name: str,
+        *,
+        manager: ActorRef[Any],
+        history_size: int,
+        max_frame_size: int,
+        clock: Clock,
+    ) -> ActorRef[Room]:
+        """Start the room `name` of this process."""
+
+    async def close(self) -> None:
+        """Let go of what the store holds (its rooms are stopped by their managers)."""
+
+
+class LocalRooms:
+    """Rooms in this process only: each a `Room` actor."""
+
+    def __repr__(self) -> str:
+        return "LocalRooms()"
+
+    def start(
+        self,
+        name: str,
+        *,
+        manager: ActorRef[Any],
+        history_size: int,
+        max_frame_size: int,
+        clock: Clock,
+    ) -> ActorRef[Room]:
+        return Room.start(
+            name,
+            manager=manager,
+            history_size=history_size,
+            max_frame_size=max_frame_size,
+            clock=clock,
+        )
+
+    async def close(self) -> None:
+        pass
 
 
 # --- the manager ------------------------------------------------------------------------------
@@ -500,6 +556,8 @@ class RoomManager(Service):
         max_frame_size: the size limit of the frames rooms encode (keep it at most the
             sessions' `max_message_size`).
         clock: the time source of event stamps (`time.time`).
+        rooms: where the rooms run (`LocalRooms` by default; a server's
+            ``services.rooms`` shares them with the other processes on its backend).
 
     """
 
@@ -509,6 +567,7 @@ class RoomManager(Service):
         history_size: int = 50,
         max_frame_size: int = DEFAULT_MAX_MESSAGE_SIZE,
         clock: Clock = time.time,
+        rooms: RoomStore | None = None,
     ) -> None:
         super().__init__()
         if history_size < 0:
@@ -516,6 +575,7 @@ class RoomManager(Service):
         self.history_size = history_size
         self.max_frame_size = max_frame_size
         self._clock = clock
+        self._store: RoomStore = rooms if rooms is not None else LocalRooms()
         self._rooms: dict[str, _RoomEntry] = {}
 
     def __repr__(self) -> str:
@@ -530,7 +590,7 @@ class RoomManager(Service):
         if entry is not None and member.id in entry.members:
             raise UsageError(f"member {member.id!r} is already in room {message.room!r}")
         if entry is None:
-            ref = Room.start(
+            ref = self._store.start(
                 message.room,
                 manager=self.actor_ref,
                 history_size=self.history_size,

@@ -10,12 +10,13 @@ provide the same refs, answering the same messages, so no middleware changes for
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from pykka import ActorDeadError, ActorRef
 
 from .metrics import MetricsCollector
 from .ratelimit import RateLimitRegistry
+from .rooms import LocalRooms, RoomStore
 from .sessions import SessionRegistry
 
 __all__ = ["Services"]
@@ -30,7 +31,10 @@ class Services:
     rate_limits: ActorRef[RateLimitRegistry]
     """Concurrent sessions per IP, route and path (`RateLimit` and its kin)."""
     sessions: ActorRef[SessionRegistry]
-    """The live sessions: the cap of `MaxSessions`, lookups and broadcasts."""
+    """The live sessions: lookups and broadcasts."""
+    rooms: RoomStore = field(default_factory=LocalRooms)
+    """Where rooms run: give it to your `RoomManager` (``rooms=``) to share them with the
+    other processes of the backend."""
 
     @classmethod
     def start(cls) -> Services:
@@ -44,3 +48,4 @@ class Services:
             if ref.is_alive():
                 with contextlib.suppress(ActorDeadError):
                     await ref.stop(block=False)
+        await self.rooms.close()

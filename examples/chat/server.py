@@ -2,7 +2,9 @@
 
 Run it with `python -m examples.chat` (after `npm ci --prefix examples/chat`, which
 puts the browser's msgpack library in `static/vendor/`); it prints the URL to open.
-`aiowt run examples.chat.server:server` serves the WebTransport side alone.
+`aiowt run examples.chat.server:server` serves the WebTransport side alone. With
+`--backend redis://...` the rooms are shared with every other process on that Redis;
+`--workers N` serves from N processes on one port (the first one serves the page).
 
 The protocol (details in `docs/rooms.md`): a session connects to `/chat/{room}?name=...`.
 It sends msgpack maps, on a bidirectional stream it opens (length-prefixed frames) or as
@@ -16,10 +18,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import re
 import signal
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -37,6 +41,7 @@ from aiowt import (
     Stream,
 )
 from aiowt.actors import ServiceHandle, ask, tell_quietly
+from aiowt.actors.backend import backend_from_url
 from aiowt.actors.outbound import OutboundChannel
 from aiowt.actors.rooms import (
     JoinRoom,
@@ -52,6 +57,8 @@ from aiowt.actors.rooms import (
 )
 from aiowt.middleware.chain import CallNext
 from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE
+from aiowt.transport.tls import certificate_hashes
+from aiowt.workers import WORKER_INDEX_ENV, supervise
 
 from .web import ChatWebServer, WebConfig
 
@@ -129,15 +136,22 @@ class ChatGate:
         await call_next(ctx)
 
 
+PAGE_ENV = "AIOWT_CHAT_PAGE"
+"""`host:port` where the first worker of `--workers` serves the page."""
+
+
 class Chat:
     """The chat application: its config and its `RoomManager`, installed on a `Server`.
 
-    The room manager is started on first use, on the loop serving the sessions, and
-    stopped by `aclose()`.
+    The room manager is started on first use, on the loop serving the sessions, with
+    the server's rooms (`server.services.rooms`: shared with the other processes on a
+    Redis backend), and stopped by `aclose()`.
     """
 
     def __init__(self, config: ChatConfig | None = None) -> None:
         self.config = config or ChatConfig()
+        self._server: Server | None = None
+        self._page: ChatWebServer | None = None
         self._rooms: ServiceHandle[RoomManager] = ServiceHandle(None, self._start_rooms, "rooms")
 
     def __repr__(self) -> str:
@@ -153,8 +167,11 @@ class Chat:
 
         `handler` may be a subclass of `ChatSession` (for instance to observe sessions).
         """
+        self._server = server
         server.route(pattern, handler or ChatSession, ChatGate(self.config))
         server.on_connect.append(self.on_connect)
+        server.on_startup.append(self._serve_page_in_first_worker)
+        server.on_shutdown.append(self.aclose)
         return server
 
     @property
@@ -169,13 +186,35 @@ class Chat:
             ctx.set(CHAT, self)
 
     async def aclose(self) -> None:
-        """Stop the room manager and every room."""
+        """Stop the page (if this process served it), the room manager and every room."""
+        page, self._page = self._page, None
+        if page is not None:
+            await page.close()
         await self._rooms.stop()
 
     def _start_rooms(self) -> ActorRef[RoomManager]:
+        rooms = self._server.services.rooms if self._server is not None else None
         return RoomManager.start(
-            history_size=self.config.history_size, max_frame_size=DEFAULT_MAX_MESSAGE_SIZE
+            history_size=self.config.history_size,
+            max_frame_size=DEFAULT_MAX_MESSAGE_SIZE,
+            rooms=rooms,
         )
+
+    async def _serve_page_in_first_worker(self) -> None:
+        """Under `--workers`, the first worker serves the page (see `main`)."""
+        where = os.environ.get(PAGE_ENV)
+        server = self._server
+        if where is None or os.environ.get(WORKER_INDEX_ENV) != "0" or server is None:
+            return
+        files = server.certificate_files
+        hashes = ()
+        if files is not None:
+            pem = await asyncio.to_thread(Path(files[0]).read_bytes)
+            hashes = (certificate_hashes(pem)[0].hex(),)
+        host, _, port = where.rpartition(":")
+        self._page = ChatWebServer(WebConfig(server.address[1], hashes), host=host, port=int(port))
+        await self._page.start()
+        print(f"open {self._page.url()} in a browser (Ctrl-C stops)", flush=True)
 
 
 class ChatSession(Handler):
@@ -319,7 +358,31 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument(
         "--http-port", type=int, default=None, help="page port, default the WebTransport port + 1"
     )
+    parser.add_argument(
+        "--backend",
+        metavar="URL",
+        default=None,
+        help="share the rooms and limits: a Redis URL (redis://host:6379/0); default memory:",
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="processes on one port (the first serves the page)"
+    )
     args = parser.parse_args(argv)
+    if args.workers > 1:
+        # The workers are `aiowt run` processes; the first one serves the page.
+        http_port = args.port + 1 if args.http_port is None else args.http_port
+        os.environ[PAGE_ENV] = f"{args.http_host}:{http_port}"
+        raise SystemExit(
+            supervise(
+                "examples.chat.server:server",
+                workers=args.workers,
+                host=args.host,
+                port=args.port,
+                backend=args.backend,
+            )
+        )
+    if args.backend is not None:
+        server.backend = backend_from_url(args.backend)
 
     async def run() -> None:
         stop = asyncio.Event()
