@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     from pykka._future import GetHookFunc
     from pykka._types import OptExcInfo
 
-__all__ = ["BlockingGetOnLoopError", "LoopActor", "LoopFuture", "NoRunningLoopError"]
+__all__ = ["BlockingGetOnLoopError", "Later", "LoopActor", "LoopFuture", "NoRunningLoopError"]
 
 T = TypeVar("T")
 
@@ -48,6 +48,22 @@ log = structlog.get_logger("aiowt.actors")
 # The C-accelerated getter: unlike `get_running_loop()` it returns None instead of
 # raising, which keeps the per-message thread checks to one cheap call.
 _get_running_loop = asyncio._get_running_loop
+
+
+class Later:
+    """What a handler returns to reply once `awaitable` is done, while the actor goes on
+    with its next messages: for work that waits on something outside (a round trip to
+    Redis), so that many such waits overlap instead of queueing one behind the other.
+
+    The handler does, before returning, whatever must happen in message order; the
+    awaitable only finishes it. Its exception goes where a handler's would (to the
+    asker, or to the actor's failure handling for a tell).
+    """
+
+    __slots__ = ("awaitable",)
+
+    def __init__(self, awaitable: Awaitable[Any]) -> None:
+        self.awaitable = awaitable
 
 
 class BlockingGetOnLoopError(RuntimeError):
@@ -512,6 +528,8 @@ class LoopActor(pykka.Actor):
     _registered: bool = False
     _loop: asyncio.AbstractEventLoop
     _actor_task: asyncio.Task[None] | None = None
+    _later: set[asyncio.Task[None]] | None = None
+    """Replies still to come (`Later`); made on first use."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         # pykka's Actor.__init__, with a `_StoppedFlag` instead of a `threading.Event`
@@ -612,7 +630,9 @@ class LoopActor(pykka.Actor):
                 except Exception:
                     await self._handle_envelope_failure(envelope, sys.exc_info())
                 else:
-                    if envelope.reply_to is not None:
+                    if type(response) is Later:
+                        self._reply_later(envelope, response.awaitable)
+                    elif envelope.reply_to is not None:
                         # Hot path: a bare try is free, contextlib.suppress is not.
                         try:  # noqa: SIM105
                             envelope.reply_to.set(response)
@@ -643,6 +663,26 @@ class LoopActor(pykka.Actor):
             self._actor_loop_teardown()
             if self._actor_task is not None:
                 _running_tasks.discard(self._actor_task)
+
+    def _reply_later(self, envelope: Envelope[Any], awaitable: Awaitable[Any]) -> None:
+        if self._later is None:
+            self._later = set()
+        task = self._loop.create_task(self._finish_later(envelope, awaitable))
+        self._later.add(task)
+        task.add_done_callback(self._later.discard)
+
+    async def _finish_later(self, envelope: Envelope[Any], awaitable: Awaitable[Any]) -> None:
+        try:
+            response = await awaitable
+        except asyncio.CancelledError:
+            _fail_envelope(self, envelope)
+            raise
+        except Exception:
+            await self._handle_envelope_failure(envelope, sys.exc_info())
+            return
+        if envelope.reply_to is not None:
+            with contextlib.suppress(queue.Full):
+                envelope.reply_to.set(response)
 
     async def _handle_envelope_failure(self, envelope: Envelope[Any], exc_info: OptExcInfo) -> None:
         if envelope.reply_to is not None:

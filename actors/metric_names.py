@@ -55,6 +55,7 @@ __all__ = [
     "STREAM_FRAMES",
     "TOKEN_BUCKET_EXCESS",
     "WEBHOOK_EVENTS",
+    "WORKERS",
     "MetricSpec",
 ]
 
@@ -208,6 +209,15 @@ BACKEND_STATE_CHANGES: Final = MetricSpec(
     "Changes of the shared backend's state (to connected, or to unreachable).",
 )
 
+# --- the workers ------------------------------------------------------------------------
+
+WORKERS: Final = MetricSpec(
+    "aiowt_workers",
+    "gauge",
+    ("state",),
+    "Worker processes at this scrape: answered (summed here) or missing (not in the sums).",
+)
+
 # --- the collector itself ---------------------------------------------------------------
 
 SERIES_OVERFLOWED: Final = MetricSpec(
@@ -242,6 +252,7 @@ CATALOGUE: Final[Mapping[str, MetricSpec]] = MappingProxyType(
             WEBHOOK_EVENTS,
             BACKEND_CONNECTED,
             BACKEND_STATE_CHANGES,
+            WORKERS,
             SERIES_OVERFLOWED,
         )
     }

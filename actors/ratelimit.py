@@ -19,13 +19,15 @@ process (`LocalSlots`, the default) or a store shared by several processes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import asyncio
+from collections.abc import Awaitable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiowt.transport.errors import UsageError
 
+from ._runtime import Later
 from ._service import Request, Service, handles
 
 __all__ = [
@@ -119,7 +121,15 @@ class HolderCounts(Request[Mapping[str, Mapping[str, int]]]):
 
 
 class SlotStore(Protocol):
-    """The state behind a `RateLimitRegistry`. Every call gets validated arguments."""
+    """The state behind a `RateLimitRegistry`. Every call gets validated arguments.
+
+    A store whose calls wait on something outside (a round trip) sets `overlapping`:
+    the registry then goes on with its next messages while one waits, and the store
+    keeps its calls in the order they were made (its first step, before any await,
+    fixes the order).
+    """
+
+    overlapping: bool
 
     async def acquire(self, holder: str, claims: Sequence[Claim]) -> int | None:
         """Take a slot under every claim, or none: None, or the first refused index."""
@@ -139,6 +149,8 @@ class SlotStore(Protocol):
 
 class LocalSlots:
     """Slots in this process: a set of holders per `(scope, key)`."""
+
+    overlapping = False
 
     def __init__(self) -> None:
         self.holders: dict[tuple[str, str], set[str]] = {}
@@ -205,26 +217,33 @@ class RateLimitRegistry(Service):
         await self.store.close()
 
     @handles(AcquireAll)
-    async def _acquire_all(self, message: AcquireAll) -> int | None:
+    def _acquire_all(self, message: AcquireAll) -> Any:
         holder, claims = _holder(message.holder), _claims(message.claims)
-        return await self.store.acquire(holder, claims)
+        return self._reply(self.store.acquire(holder, claims))
 
     @handles(ReleaseAll)
-    async def _release_all(self, message: ReleaseAll) -> int:
+    def _release_all(self, message: ReleaseAll) -> Any:
         holder, claims = _holder(message.holder), _claims(message.claims, limits=False)
-        return await self.store.release(holder, claims)
+        return self._reply(self.store.release(holder, claims))
 
     @handles(Acquire)
-    async def _acquire(self, message: Acquire) -> bool:
+    def _acquire(self, message: Acquire) -> Any:
         claim = Claim(message.scope, message.key, message.limit)
         holder, claims = _holder(message.holder), _claims((claim,))
-        return await self.store.acquire(holder, claims) is None
+        return self._reply(_is_none(self.store.acquire(holder, claims)))
 
     @handles(Release)
-    async def _release(self, message: Release) -> bool:
+    def _release(self, message: Release) -> Any:
         claim = Claim(message.scope, message.key, 1)
         holder, claims = _holder(message.holder), _claims((claim,))
-        return await self.store.release(holder, claims) == 1
+        return self._reply(_is_one(self.store.release(holder, claims)))
+
+    def _reply(self, call: Coroutine[Any, Any, Any]) -> Any:
+        """Awaited in turn (a local store: no wait), or `Later` (a store with round trips:
+        started now, in message order, replying when done)."""
+        if not self.store.overlapping:
+            return call
+        return Later(asyncio.ensure_future(call))
 
     @handles(CountHolders)
     async def _count(self, message: CountHolders) -> int:
@@ -235,6 +254,14 @@ class RateLimitRegistry(Service):
     async def _counts(self, message: HolderCounts) -> Mapping[str, Mapping[str, int]]:
         counts = await self.store.counts()
         return MappingProxyType({s: MappingProxyType(k) for s, k in counts.items()})
+
+
+async def _is_none(refused: Awaitable[int | None]) -> bool:
+    return await refused is None
+
+
+async def _is_one(released: Awaitable[int]) -> bool:
+    return await released == 1
 
 
 def _holder(holder: object) -> str:

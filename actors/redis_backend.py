@@ -44,15 +44,15 @@ from pykka import ActorRef
 
 from aiowt.transport.errors import UsageError
 
-from ._redis import UNREACHABLE, Redis, backoff, from_url
+from ._redis import UNREACHABLE, Batcher, Redis, backoff, from_url
 from ._service import tell_quietly
 from .metric_names import BACKEND_CONNECTED, BACKEND_STATE_CHANGES
 from .metrics import Inc, MetricsCollector, SetGauge
 from .ratelimit import Claim, RateLimitRegistry
+from .redis_bridge import RedisBridge
 from .redis_rooms import RedisRooms
-from .room_bridge import RoomBridge
+from .redis_sessions import SharedSessionRegistry
 from .services import Services
-from .sessions import SessionRegistry
 
 __all__ = ["Failure", "RedisBackend", "RedisSlots"]
 
@@ -154,8 +154,13 @@ class RedisSlots:
         metrics: ActorRef[MetricsCollector] | None = None,
         clock: Callable[[], int] | None = None,
         max_backoff: float = 5.0,
+        batcher: Batcher | None = None,
     ) -> None:
+        """`batcher` sends the scripts (one shared by the backend's services); without
+        one, the store makes its own on `client` and closes it with itself."""
         self._client = client
+        self._own_batcher = batcher is None
+        self._batcher = Batcher(client) if batcher is None else batcher
         self.prefix = prefix
         self.lease = lease
         self.timeout = timeout
@@ -164,19 +169,25 @@ class RedisSlots:
         self._metrics = metrics
         self._clock = clock
         self._max_backoff = max_backoff
-        self._acquire_script = client.register_script(_ACQUIRE)
-        self._renew_script = client.register_script(_RENEW)
-        self._release_script = client.register_script(_RELEASE)
-        self._count_script = client.register_script(_COUNT)
+        self._acquire_script = self._batcher.register_script(_ACQUIRE)
+        self._renew_script = self._batcher.register_script(_RENEW)
+        self._release_script = self._batcher.register_script(_RELEASE)
+        self._count_script = self._batcher.register_script(_COUNT)
         self.held: dict[str, set[str]] = {}
         """Redis key -> the holders of this process with a lease there (kept renewed)."""
         self.local: dict[str, set[str]] = {}
         """Redis key -> holders admitted while Redis was unreachable (written back later)."""
         self.connected = True
+        self._acquiring: dict[str, int] = {}
+        """Holders with an acquisition waiting on Redis, and how many."""
+        self._released_meanwhile: set[str] = set()
         self._failures = 0
         self._retry_at = 0.0
         self._keeper: asyncio.Task[None] | None = None
         self._wake_keeper = asyncio.Event()
+
+    overlapping = True
+    """Each call waits for a round trip; the registry goes on meanwhile (`SlotStore`)."""
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else f"unreachable, {self.failure}"
@@ -184,6 +195,22 @@ class RedisSlots:
 
     # --- the SlotStore protocol -------------------------------------------------------------
     async def acquire(self, holder: str, claims: Sequence[Claim]) -> int | None:
+        # Counted before the first await: a release made while this waits (the asker
+        # gave up) is then seen, and undone once the acquisition is through.
+        self._acquiring[holder] = self._acquiring.get(holder, 0) + 1
+        try:
+            refused = await self._acquire(holder, claims)
+        finally:
+            left = self._acquiring.pop(holder) - 1
+            if left:
+                self._acquiring[holder] = left
+        if holder in self._released_meanwhile and not left:
+            self._released_meanwhile.discard(holder)
+            if refused is None:
+                await self.release(holder, claims)
+        return refused
+
+    async def _acquire(self, holder: str, claims: Sequence[Claim]) -> int | None:
         self._start_keeper()
         keys = [self._key(claim) for claim in claims]
         if not self.connected and time.monotonic() >= self._retry_at:
@@ -204,6 +231,8 @@ class RedisSlots:
         return self._acquire_locally(holder, claims, keys)
 
     async def release(self, holder: str, claims: Sequence[Claim]) -> int:
+        if holder in self._acquiring:
+            self._released_meanwhile.add(holder)
         keys = [self._key(claim) for claim in claims]
         released = 0
         leased = []
@@ -248,7 +277,8 @@ class RedisSlots:
             keeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await keeper
-        await self._client.aclose()
+        if self._own_batcher:
+            await self._batcher.aclose()
 
     # --- the keeper -------------------------------------------------------------------------
     def _start_keeper(self) -> None:
@@ -438,22 +468,40 @@ class RedisBackend:
         )
 
     def start(self) -> Services:
-        """The services on the running loop: the limits in Redis, the rest in process."""
+        """The services on the running loop, their scripts sent through one `Batcher`
+        (one connection, one pipeline per round trip), rooms' and the registry's
+        messages through one `RedisBridge`."""
         metrics = MetricsCollector.start()
+        # Rooms and the registry wait longer than admission: nothing waits on them but
+        # a room's own members, and a room gone local for a slow reply costs more.
+        patient = max(self.timeout, 0.5)
+        batcher = Batcher(from_url(self.url), timeout=max(patient, 1.0))
         slots = RedisSlots(
-            from_url(self.url),
+            batcher.client,
             prefix=self.prefix,
             lease=self.lease,
             timeout=self.timeout,
             failure=self.failure,
             processes=self.processes,
             metrics=metrics,
+            batcher=batcher,
         )
+        bridge = RedisBridge.start(from_url(self.url), lease=self.lease)
         rooms = RedisRooms(
-            from_url(self.url),
-            RoomBridge.start(from_url(self.url), lease=self.lease),
+            batcher.client,
+            bridge,
             prefix=self.prefix,
             lease=self.lease,
-            timeout=max(self.timeout, 0.5),
+            timeout=patient,
+            batcher=batcher,
         )
-        return Services(metrics, RateLimitRegistry.start(slots), SessionRegistry.start(), rooms)
+        sessions: ActorRef[Any] = SharedSessionRegistry.start(
+            batcher.client,
+            bridge,
+            prefix=self.prefix,
+            lease=self.lease,
+            timeout=patient,
+            batcher=batcher,
+        )
+        limits = RateLimitRegistry.start(slots)
+        return Services(metrics, limits, sessions, rooms, support=(bridge, batcher))

@@ -14,7 +14,7 @@ backend's prefix:
   members behind for at most one lease, then whoever touches the room next announces
   them gone (``leave`` with reason ``"gone"``).
 
-One `RoomBridge` per process holds the pub/sub connection: it subscribes to the
+One `RedisBridge` per process holds the pub/sub connection: it subscribes to the
 channels of the rooms with members here, and tells each room what is published. A room
 that sees a gap in the numbering fetches what it missed from the log before going on.
 
@@ -38,9 +38,9 @@ from pykka import ActorRef
 
 from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE, encode_frame, encode_message
 
-from ._redis import UNREACHABLE, Redis
+from ._redis import UNREACHABLE, Batcher, Redis
 from ._service import handles
-from .room_bridge import Published, Renew, Resync, RoomBridge, Subscribe, Unsubscribe
+from .redis_bridge import Published, RedisBridge, Renew, Resync, Subscribe, Unsubscribe
 from .room_scripts import JOIN, LEAVE, PARTS, POST, RANGE, RENEW
 from .rooms import (
     Clock,
@@ -248,16 +248,25 @@ class SharedRoom(Room):
 
     @handles(Published)
     async def _published(self, message: Published) -> None:
-        if message.seq == 0:
-            signal = _signal(message.event)
+        # "<seq> <msgpack event>", seq 0 for a signal (outside the order).
+        head, _, blob = message.data.partition(b" ")
+        try:
+            seq, event = int(head), msgpack.unpackb(blob)
+            if not isinstance(event, dict):
+                raise ValueError("not a map")
+        except (ValueError, msgpack.UnpackException):
+            log.warning("not a room event; ignored", room=self.name, data=message.data[:80])
+            return
+        if seq == 0:
+            signal = _signal(event)
             if signal is not None:
                 self._relay(signal)
             return
-        if message.seq <= self._last:
+        if seq <= self._last:
             return  # delivered already (caught up from the log before it arrived)
-        if message.seq > self._last + 1:
-            await self._catch_up(message.seq - 1)
-        self._deliver_numbered(message.seq, message.event)
+        if seq > self._last + 1:
+            await self._catch_up(seq - 1)
+        self._deliver_numbered(seq, event)
 
     @handles(Resync)
     async def _resync(self, message: Resync) -> None:
@@ -430,20 +439,25 @@ def _signal(wire: Mapping[str, Any]) -> SignalRelayed | None:
 
 class RedisRooms:
     """What a `RoomManager` on the Redis backend starts its rooms with: a client, the
-    process's `RoomBridge`, and the backend's prefix, lease and timeout."""
+    process's `RedisBridge`, and the backend's prefix, lease and timeout. The bridge is
+    the backend's; `close()` leaves it running."""
 
     def __init__(
         self,
         client: Redis,
-        bridge: ActorRef[RoomBridge],
+        bridge: ActorRef[RedisBridge],
         *,
         prefix: str,
         lease: float,
         timeout: float,
         log_size: int = 1000,
         clock: Callable[[], int] | None = None,
+        batcher: Batcher | None = None,
     ) -> None:
         self.client = client
+        self._own_batcher = batcher is None
+        self.batcher = Batcher(client) if batcher is None else batcher
+        """Sends the scripts (the backend's, shared; or the store's own)."""
         self.clock = clock
         """Milliseconds for the scripts instead of Redis' clock (tests move it by hand)."""
         self.bridge = bridge
@@ -452,11 +466,11 @@ class RedisRooms:
         self.timeout = timeout
         self.log_size = log_size
         """How many events a room's log keeps for members that must catch up."""
-        self.join = client.register_script(JOIN)
-        self.post = client.register_script(POST)
-        self.leave = client.register_script(LEAVE)
-        self.renew = client.register_script(RENEW)
-        self.range = client.register_script(RANGE)
+        self.join = self.batcher.register_script(JOIN)
+        self.post = self.batcher.register_script(POST)
+        self.leave = self.batcher.register_script(LEAVE)
+        self.renew = self.batcher.register_script(RENEW)
+        self.range = self.batcher.register_script(RANGE)
 
     def key(self, room: str, part: str) -> str:
         # One hash tag per room: its keys share a cluster slot (the scripts need that),
@@ -484,7 +498,6 @@ class RedisRooms:
         return ref
 
     async def close(self) -> None:
-        """Stop the bridge and close the connections (the manager stopped its rooms)."""
-        with contextlib.suppress(Exception):
-            await self.bridge.stop(block=False)
-        await self.client.aclose()
+        """Close the connection, if it is the store's own (the manager stopped its rooms)."""
+        if self._own_batcher:
+            await self.batcher.aclose()

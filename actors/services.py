@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 from pykka import ActorDeadError, ActorRef
 
@@ -35,6 +36,9 @@ class Services:
     rooms: RoomStore = field(default_factory=LocalRooms)
     """Where rooms run: give it to your `RoomManager` (``rooms=``) to share them with the
     other processes of the backend."""
+    support: tuple[ActorRef[Any] | Closable, ...] = ()
+    """What the services need (a backend's connections): actors, stopped last, or
+    objects with ``aclose()``, closed last."""
 
     @classmethod
     def start(cls) -> Services:
@@ -43,9 +47,23 @@ class Services:
         return cls(metrics, RateLimitRegistry.start(), SessionRegistry.start())
 
     async def stop(self) -> None:
-        """Stop the three services (each at most once; a stopped one is fine)."""
-        for ref in (self.sessions, self.rate_limits, self.metrics):
-            if ref.is_alive():
-                with contextlib.suppress(ActorDeadError):
-                    await ref.stop(block=False)
+        """Stop the services, then what supports them (each at most once; a stopped one
+        is fine)."""
+        await _stop(self.sessions, self.rate_limits, self.metrics)
         await self.rooms.close()
+        for item in self.support:
+            if isinstance(item, ActorRef):
+                await _stop(item)
+            else:
+                await item.aclose()
+
+
+class Closable(Protocol):
+    async def aclose(self) -> None: ...
+
+
+async def _stop(*refs: ActorRef[Any]) -> None:
+    for ref in refs:
+        if ref.is_alive():
+            with contextlib.suppress(ActorDeadError):
+                await ref.stop(block=False)

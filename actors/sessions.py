@@ -36,6 +36,7 @@ __all__ = [
     "CountSessions",
     "Delivery",
     "ListSessions",
+    "Listed",
     "LookupSession",
     "Multicast",
     "Register",
@@ -104,6 +105,13 @@ class ListSessions(Request["tuple[SessionInfo, ...]"]):
 
 
 @dataclass(frozen=True, slots=True)
+class Listed(Request[bool]):
+    """Replies once the registrations made before it are seen by every process: at once
+    in one process; on a shared backend once written there (False if it could not be
+    reached, and the sessions are listed when it can)."""
+
+
+@dataclass(frozen=True, slots=True)
 class Broadcast(Request["Delivery"]):
     """Send msgpack `message` to every attached session (a datagram, or a stream frame)."""
 
@@ -148,11 +156,16 @@ class SessionInfo:
 @dataclass(frozen=True, slots=True)
 class Delivery:
     """The outcome of a broadcast: sessions sent to, sends that failed, and targets
-    that were not deliverable (unknown ids, or registered but not accepted yet)."""
+    that were not deliverable (unknown ids, or registered but not accepted yet).
+
+    On a shared backend, `forwarded` counts the targets held by other processes: the
+    message was handed on to them, and they count their own deliveries.
+    """
 
     delivered: int = 0
     failed: int = 0
     missing: int = 0
+    forwarded: int = 0
 
 
 # --- the actor ----------------------------------------------------------------------------
@@ -169,8 +182,8 @@ class _Entry:
 
 class SessionRegistry(Service):
     """The actor that owns the set of live sessions. Messages: `Register`, `Attach`,
-    `Unregister`, `LookupSession`, `CountSessions`, `ListSessions`, `Broadcast`,
-    `Multicast`, `BroadcastExcept`.
+    `Unregister`, `LookupSession`, `CountSessions`, `ListSessions`, `Listed`,
+    `Broadcast`, `Multicast`, `BroadcastExcept`.
 
     Stream deliveries go on the session's `OutboundChannel` stream (one server-opened
     unidirectional stream, opened on first use and kept), so a session receives the
@@ -241,35 +254,33 @@ class SessionRegistry(Service):
     def _list(self, message: ListSessions) -> tuple[SessionInfo, ...]:
         return tuple(entry.info for entry in self._entries.values())
 
+    @handles(Listed)
+    def _listed(self, message: Listed) -> bool:
+        return True
+
     @handles(Broadcast)
     def _broadcast(self, message: Broadcast) -> Delivery:
-        return self._deliver(message.message, message.via, list(self._entries.values()), 0)
+        payload = encode_for(message.message, message.via)
+        return self._send(payload, message.via, self._targets(None), 0)
 
     @handles(BroadcastExcept)
     def _broadcast_except(self, message: BroadcastExcept) -> Delivery:
-        skip = _id(message.session_id)
-        targets = [e for sid, e in self._entries.items() if sid != skip]
-        return self._deliver(message.message, message.via, targets, 0)
+        payload = encode_for(message.message, message.via)
+        return self._send(payload, message.via, self._targets(_id(message.session_id)), 0)
 
     @handles(Multicast)
     def _multicast(self, message: Multicast) -> Delivery:
-        ids = message.session_ids
-        if isinstance(ids, str) or not isinstance(ids, Collection):
-            raise UsageError(f"session_ids must be a collection of ids, got {ids!r}")
-        unique = dict.fromkeys(_id(sid) for sid in ids)
-        targets = [self._entries[sid] for sid in unique if sid in self._entries]
-        return self._deliver(message.message, message.via, targets, len(unique) - len(targets))
+        ids = _ids(message.session_ids)
+        payload = encode_for(message.message, message.via)
+        targets = [self._entries[sid] for sid in ids if sid in self._entries]
+        return self._send(payload, message.via, targets, len(ids) - len(targets))
 
     # --- delivery ------------------------------------------------------------------------------
-    def _deliver(self, message: Any, via: Via, targets: list[_Entry], missing: int) -> Delivery:
-        # Encode once, before anything is sent: an unencodable message fails the whole
-        # request (UsageError to the asker) instead of reaching half the sessions.
-        if via == "datagram":
-            payload = encode_message(message)
-        elif via == "stream":
-            payload = encode_frame(message)
-        else:
-            raise UsageError(f"via must be 'datagram' or 'stream', got {via!r}")
+    def _targets(self, skip: str | None) -> list[_Entry]:
+        return [entry for sid, entry in self._entries.items() if sid != skip]
+
+    def _send(self, payload: bytes, via: Via, targets: list[_Entry], missing: int) -> Delivery:
+        """Send an encoded message to each target; one failing does not stop the others."""
         delivered = failed = 0
         for entry in targets:
             channel = entry.channel
@@ -298,6 +309,26 @@ class SessionRegistry(Service):
             else:
                 failed += 1
         return Delivery(delivered, failed, missing)
+
+
+def encode_for(message: Any, via: Via) -> bytes:
+    """`message` as it goes `via`: a datagram's msgpack, or a stream frame.
+
+    Encoded once, before anything is sent: an unencodable message fails the whole
+    request (UsageError to the asker) instead of reaching half the sessions.
+    """
+    if via == "datagram":
+        return encode_message(message)
+    if via == "stream":
+        return encode_frame(message)
+    raise UsageError(f"via must be 'datagram' or 'stream', got {via!r}")
+
+
+def _ids(session_ids: object) -> list[str]:
+    """The distinct ids of a `Multicast`, in order."""
+    if isinstance(session_ids, str) or not isinstance(session_ids, Collection):
+        raise UsageError(f"session_ids must be a collection of ids, got {session_ids!r}")
+    return list(dict.fromkeys(_id(sid) for sid in session_ids))
 
 
 def _id(session_id: object) -> str:

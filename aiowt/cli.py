@@ -55,6 +55,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         ),
     )
 
+    run.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        help=(
+            "serve GET /metrics there: the sum of every worker's metrics at each scrape"
+            " (Prometheus format; needs the prometheus extra; runs the server as workers)"
+        ),
+    )
+    run.add_argument("--metrics-host", default="127.0.0.1", help="where --metrics-port listens")
+
     cert = commands.add_parser("cert", help="write a self-signed development certificate")
     cert.add_argument("--out", default=".", help="directory for cert.pem and key.pem (default: .)")
     cert.add_argument("--days", type=int, default=13, help="validity, at most 13 days")
@@ -80,7 +91,7 @@ def _cert(out: Path, days: int) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    if args.workers != 1:
+    if args.workers != 1 or args.metrics_port is not None:
         if args.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {args.workers}")
         return supervise(
@@ -91,6 +102,8 @@ def _run(args: argparse.Namespace) -> int:
             cert_file=args.cert,
             key_file=args.key,
             backend=args.backend,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         )
 
     server = load_server(args.target)

@@ -24,8 +24,8 @@ Known limits:
   actors keep is per worker: with N workers a per-IP limit of 10 lets up to 10 x N
   sessions from one address through. With `--backend redis://...` the session limits
   (per IP, route, path, and `MaxSessions`) are exact across the workers (and machines);
-  the session registry, rooms and metrics are still per worker, and the circuit
-  breaker is per worker by design.
+  rooms and the session registry span the workers too; the circuit breaker is per
+  worker by design. Metrics are kept per worker; ``--metrics-port`` serves their sum.
 - A worker that crashes takes its sessions with it; their clients see the connection
   time out (there is no one left to send CONNECTION_CLOSE) and reconnect, landing on a
   live worker or on its replacement.
@@ -48,6 +48,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -57,6 +58,7 @@ from aiowt.transport import UsageError
 from aiowt.transport.tls import generate_self_signed, write_certificate
 
 from ._loading import load_server
+from .worker_metrics import SNAPSHOT_SOCKET_ENV, MetricsGateway, serve_snapshot
 
 __all__ = ["Supervisor", "main", "run_worker", "supervise"]
 
@@ -104,6 +106,7 @@ class Supervisor:
         backend: str | None = None,
         shutdown_timeout: float = 10.0,
         python: str = sys.executable,
+        snapshot_sockets: Sequence[Path] = (),
     ) -> None:
         if workers < 1:
             raise UsageError(f"--workers must be at least 1, got {workers}")
@@ -116,6 +119,8 @@ class Supervisor:
         self.shutdown_timeout = shutdown_timeout
         self.python = python
         self.workers = [_Worker(i) for i in range(workers)]
+        self.snapshot_sockets = tuple(snapshot_sockets)
+        """Where each worker answers its metrics (one per worker, or none)."""
         self._stopping = False
         self._failed = False
 
@@ -153,6 +158,8 @@ class Supervisor:
             WORKER_COUNT_ENV: str(len(self.workers)),
             "PYTHONUNBUFFERED": "1",
         }
+        if self.snapshot_sockets:
+            env[SNAPSHOT_SOCKET_ENV] = str(self.snapshot_sockets[worker.index])
         worker.process = subprocess.Popen(self._argv(), env=env)
         worker.started_at = time.monotonic()
         worker.restart_at = None
@@ -253,13 +260,17 @@ def supervise(
     cert_file: str | None = None,
     key_file: str | None = None,
     backend: str | None = None,
+    metrics_port: int | None = None,
+    metrics_host: str = "127.0.0.1",
 ) -> int:
     """Serve `target` (`MODULE:ATTR`, a `Server`) from `workers` processes. Blocks.
 
     `host` and `port` default to the server's own; port 0 picks one free port for all
     workers. Without `cert_file`/`key_file` one self-signed certificate is made and
     shared by every worker. `backend` (a URL) replaces the server's own backend in every
-    worker; a shared one (Redis) makes the limits cluster-wide.
+    worker; a shared one (Redis) makes the limits cluster-wide. With `metrics_port`,
+    ``GET /metrics`` there shows the sum of every worker's metrics
+    (`aiowt.worker_metrics`; 0 picks a free port).
     """
     server = load_server(target)
     if backend is not None:
@@ -290,6 +301,12 @@ def supervise(
             f"{workers} worker processes (SO_REUSEPORT){banner_cert}",
             flush=True,
         )
+        sockets = [Path(tmp) / f"metrics-{i}.sock" for i in range(workers)]
+        gateway = None
+        if metrics_port is not None:
+            gateway = MetricsGateway(sockets, host=metrics_host, port=metrics_port)
+            gateway.start()
+            print(f"aiowt metrics of all workers on http://{metrics_host}:{gateway.port}/metrics")
         supervisor = Supervisor(
             target,
             workers=workers,
@@ -299,8 +316,13 @@ def supervise(
             key_file=key_file,
             backend=backend,
             shutdown_timeout=server.shutdown_timeout,
+            snapshot_sockets=sockets if gateway is not None else (),
         )
-        return supervisor.run()
+        try:
+            return supervisor.run()
+        finally:
+            if gateway is not None:
+                gateway.stop()
 
 
 def run_worker(
@@ -322,6 +344,10 @@ def run_worker(
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await server.start()
+        snapshots = None
+        socket_path = os.environ.get(SNAPSHOT_SOCKET_ENV)
+        if socket_path:
+            snapshots = await serve_snapshot(server.services.metrics, socket_path)
         index = os.environ.get(WORKER_INDEX_ENV, "?")
         print(
             f"aiowt worker {index} pid {os.getpid()} listening on {host}:{server.address[1]}",
@@ -330,6 +356,8 @@ def run_worker(
         try:
             await stop.wait()
         finally:
+            if snapshots is not None:
+                snapshots.close()
             await server.shutdown()
 
     asyncio.run(serve())
@@ -348,6 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cert", default=None)
     parser.add_argument("--key", default=None)
     parser.add_argument("--backend", default=None, metavar="URL")
+    parser.add_argument("--metrics-port", type=int, default=None)
+    parser.add_argument("--metrics-host", default="127.0.0.1")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
@@ -361,6 +391,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cert_file=args.cert,
             key_file=args.key,
             backend=args.backend,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         )
     except UsageError as exc:
         parser.error(str(exc))

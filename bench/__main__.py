@@ -16,7 +16,6 @@ import datetime
 import json
 import os
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -25,16 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from . import report
-from ._proc import machine
+from ._proc import log as _log
+from ._proc import machine, run_json
 from .scenarios import SCENARIOS
 from .servers import REPO, SERVER_KINDS, ServerProcess, pywebtransport_python
 
 RESULTS = REPO / "bench" / "results"
-
-
-def _log(text: str) -> None:
-    sys.stderr.write(f"bench: {text}\n")
-    sys.stderr.flush()
 
 
 def _client_argv(
@@ -61,25 +56,6 @@ def _client_argv(
     if quick:
         argv.append("--quick")
     return argv
-
-
-def _run_json(argv: list[str], timeout: float) -> list[dict[str, Any]]:
-    """Run a bench subprocess (stderr passes through) and parse its JSON lines."""
-    try:
-        done = subprocess.run(
-            argv, stdout=subprocess.PIPE, cwd=REPO, timeout=timeout, text=True, check=False
-        )
-    except subprocess.TimeoutExpired:
-        _log(f"timed out after {timeout:.0f} s: {' '.join(argv[1:4])}")
-        return []
-    rows = []
-    for line in done.stdout.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            rows.append(json.loads(line))
-    if done.returncode != 0:
-        _log(f"exit status {done.returncode}: {' '.join(argv[1:4])}")
-    return rows
 
 
 def run_transport(
@@ -113,7 +89,7 @@ def run_transport(
                 _log(f"repetition {rep + 1}/{reps}: {server.title}")
                 argv = _client_argv(server, cert_hash, quick, time_limit)
                 argv += ["--scenarios", ",".join(scenarios)]
-                rows = _run_json(argv, timeout=time_limit * len(scenarios) + 60)
+                rows = run_json(argv, timeout=time_limit * len(scenarios) + 60)
                 runs[server.kind].append({row["scenario"]: row["result"] for row in rows})
     finally:
         for server in servers:
@@ -135,7 +111,7 @@ def run_hold(
             _log(f"holding {count} sessions against {server.title}")
             argv = _client_argv(server, cert_hash, False, 120.0)
             argv += ["--hold", str(count), "--concurrency", "50"]
-            rows = _run_json(argv, timeout=300)
+            rows = run_json(argv, timeout=300)
             if rows:
                 results[kind] = rows[0]["result"]
         finally:
@@ -224,13 +200,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["stack"] = stack
         if not args.no_actors:
             _log("actor layer")
-            rows = _run_json(
+            rows = run_json(
                 [sys.executable, "-m", "bench.actors"] + (["--quick"] if quick else []), 300
             )
             results["actors"] = rows[0] if rows else {}
         if not args.no_scale:
             _log("scale: session actors and registries")
-            rows = _run_json(
+            rows = run_json(
                 [sys.executable, "-m", "bench.scale"] + (["--quick"] if quick else []), 600
             )
             results["scale"] = rows[0] if rows else {}

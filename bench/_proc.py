@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
 
 _TICKS = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
 
@@ -77,3 +82,27 @@ def machine() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "versions": versions,
     }
+
+
+def log(text: str) -> None:
+    sys.stderr.write(f"bench: {text}\n")
+    sys.stderr.flush()
+
+
+def run_json(argv: list[str], timeout: float) -> list[dict[str, Any]]:
+    """Run a bench subprocess (stderr passes through) and parse its JSON lines."""
+    try:
+        done = subprocess.run(
+            argv, stdout=subprocess.PIPE, cwd=REPO, timeout=timeout, text=True, check=False
+        )
+    except subprocess.TimeoutExpired:
+        log(f"timed out after {timeout:.0f} s: {' '.join(argv[1:4])}")
+        return []
+    rows = []
+    for line in done.stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            rows.append(json.loads(line))
+    if done.returncode != 0:
+        log(f"exit status {done.returncode}: {' '.join(argv[1:4])}")
+    return rows

@@ -315,7 +315,9 @@ def configure_production_logging() -> None:
     )
 
 
-def build_aiowt_server(kind: str, host: str, port: int, cert: str, key: str) -> tuple[Any, Stack]:
+def build_aiowt_server(
+    kind: str, host: str, port: int, cert: str | None, key: str | None
+) -> tuple[Any, Stack]:
     from aiowt import Server
 
     server = Server(host=host, port=port, cert_file=cert, key_file=key)
@@ -333,10 +335,16 @@ def build_aiowt_server(kind: str, host: str, port: int, cert: str, key: str) -> 
     return server, stack
 
 
-async def _serve_aiowt(kind: str, host: str, port: int, cert: str, key: str) -> None:
+async def _serve_aiowt(
+    kind: str, host: str, port: int, cert: str, key: str, backend: str | None = None
+) -> None:
     import json
 
+    from aiowt.actors.backend import backend_from_url
+
     server, stack = build_aiowt_server(kind, host, port, cert, key)
+    if backend is not None:
+        server.backend = backend_from_url(backend)
     await server.start()
     info = {"stack": stack.names, "stand_ins": stack.stand_ins, "errors": stack.errors}
     print(f"READY {server.address[1]} {json.dumps(info)}", flush=True)
@@ -355,9 +363,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cert", required=True)
     parser.add_argument("--key", required=True)
+    parser.add_argument("--backend", default=None, metavar="URL", help="e.g. a Redis URL")
     args = parser.parse_args(argv)
     configure_production_logging()
-    asyncio.run(_serve_aiowt(args.kind, args.host, args.port, args.cert, args.key))
+    asyncio.run(_serve_aiowt(args.kind, args.host, args.port, args.cert, args.key, args.backend))
 
 
 # ---------------------------------------------------------------------------------------

@@ -67,6 +67,7 @@ __all__ = [
     "report_error",
     "report_rejection",
     "report_session",
+    "render_snapshot",
 ]
 
 MetricsRef = pykka.ActorRef[MetricsCollector]
@@ -278,6 +279,23 @@ class Metrics(Observer):
 # --- Prometheus exposition ---------------------------------------------------------------------
 
 
+def render_snapshot(
+    snapshot: MetricsSnapshot, accept: str = "", *, extra: Iterable[Any] = ()
+) -> tuple[bytes, str]:
+    """`snapshot` in the Prometheus text format, or OpenMetrics when `accept` asks for
+    it: (bytes, content type). `extra` are more ``prometheus_client`` collectors to
+    include (the process collector, say). Needs the ``prometheus`` extra."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.exposition import choose_encoder
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snapshot))
+    for collector in extra:
+        registry.register(collector)
+    encoder, content_type = choose_encoder(accept)
+    return encoder(registry), content_type
+
+
 class _SnapshotCollector:
     """A ``prometheus_client`` collector over one `MetricsSnapshot`."""
 
@@ -383,17 +401,9 @@ class PrometheusMetrics(Metrics, ServesPages):
 
     async def render(self, accept: str = "") -> tuple[bytes, str]:
         """The exposition (bytes, content type) of the collector now, as `accept` prefers."""
-        from prometheus_client import CollectorRegistry
-        from prometheus_client.exposition import choose_encoder
-
         async with asyncio.timeout(self.scrape_timeout):
             snapshot = await ask(self.service.ref(), TakeSnapshot())
-        registry = CollectorRegistry(auto_describe=False)
-        registry.register(_SnapshotCollector(snapshot))
-        if self._process is not None:
-            registry.register(self._process)
-        encoder, content_type = choose_encoder(accept)
-        return encoder(registry), content_type
+        return render_snapshot(snapshot, accept, extra=(self._process,) if self._process else ())
 
     async def _scrape(self, request: HttpRequest) -> HttpResponse:
         try:

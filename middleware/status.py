@@ -9,12 +9,17 @@ knows as seed 003's document, ``GET /.status``::
      "status_code_count": {"200": 53, "429": 11}, "total_count": 64,
      "total_response_time": "16.777ms", "total_response_time_sec": 0.016777,
      "average_response_time": "262.14µs", "average_response_time_sec": 0.00026214,
-     "active_sessions": 3}
+     "active_sessions": 3, "cluster_sessions": 5}
 
 For a WebTransport session the *response* is the CONNECT response: "response time" is
 the time from the CONNECT to its verdict (accepted or refused), not the session's life,
 which can be hours (`Metrics` has the session-duration histogram). Uptime counts from
 the creation of the `Status`.
+
+``active_sessions`` are this process's. In a server, ``cluster_sessions`` counts the
+sessions its session registry lists (those admitted through `MaxSessions`, which every
+ready-made stack has) across every process of the server's backend: on the Redis
+backend, the cluster's; in process, this process's.
 
 ``GET /healthz`` answers 200 ``{"status": "ok", ...}`` when the collector answers
 within `timeout` and every named check passes, else 503 with the failing ones.
@@ -33,9 +38,10 @@ from typing import Any
 import pykka
 import structlog
 
-from aiowt.actors import MetricsCollector, ask
+from aiowt.actors import MetricsCollector, Services, ask
 from aiowt.actors import metric_names as names
 from aiowt.actors.metrics import HistogramValue, TakeSnapshot
+from aiowt.actors.sessions import CountSessions
 from aiowt.transport import UsageError
 
 from ._http import HttpRequest, HttpResponse, RouteHandler, ServesPages
@@ -89,6 +95,11 @@ class Status(Observer, ServesPages):
         self.timeout = float(timeout)
         self._clock = clock
         self._started = clock()
+        self._sessions: pykka.ActorRef[Any] | None = None
+
+    def use_services(self, services: Services, name: str) -> None:
+        super().use_services(services, name)
+        self._sessions = services.sessions
 
     def __repr__(self) -> str:
         url = self.serving_url
@@ -129,7 +140,17 @@ class Status(Observer, ServesPages):
             "average_response_time": format_duration(average),
             "average_response_time_sec": round(average, 9),
             "active_sessions": int(snapshot.total(names.SESSIONS_ACTIVE.name)),
+            **await self._cluster(),
         }
+
+    async def _cluster(self) -> dict[str, int]:
+        if self._sessions is None:
+            return {}
+        try:
+            async with asyncio.timeout(self.timeout):
+                return {"cluster_sessions": await ask(self._sessions, CountSessions())}
+        except (TimeoutError, pykka.ActorDeadError):
+            return {}
 
     async def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether all is well, and the document saying what was checked."""

@@ -15,13 +15,15 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from redis.asyncio import from_url
+from redis.exceptions import ResponseError
 from structlog.testing import capture_logs
 
 from aiowt.actors import MetricsCollector, ask
 from aiowt.actors import metric_names as names
+from aiowt.actors._redis import Batcher
 from aiowt.actors.backend import InProcess, backend_from_url
 from aiowt.actors.metrics import TakeSnapshot
-from aiowt.actors.ratelimit import AcquireAll, Claim, HolderCounts, ReleaseAll
+from aiowt.actors.ratelimit import AcquireAll, Claim, HolderCounts, RateLimitRegistry, ReleaseAll
 from aiowt.actors.redis_backend import RedisBackend, RedisSlots
 from aiowt.transport import UsageError
 from tests.redis_server import RedisServer
@@ -286,3 +288,57 @@ def test_processes_interleaved_never_admit_over_the_limit(
                 await store.close()
 
     asyncio.run(scenario())
+
+
+async def test_a_release_while_the_acquisition_waits_is_not_lost(
+    stores: Callable[..., RedisSlots],
+) -> None:
+    # The asker gave up (its CONNECT was cancelled) and released while its acquisition
+    # was still on its way: once the acquisition is through, it is undone.
+    store = stores()
+    registry = RateLimitRegistry.start(store)
+    try:
+        granted = registry.ask(AcquireAll("gone", (IP, SESSIONS)), block=False)
+        registry.tell(ReleaseAll("gone", (IP, SESSIONS)))
+        assert await granted is None
+        assert await store.counts() == {}
+        assert store.held == {}
+    finally:
+        await registry.stop(block=False)
+
+
+async def test_concurrent_admissions_share_round_trips_and_keep_their_order(
+    stores: Callable[..., RedisSlots],
+) -> None:
+    store = stores()
+    registry = RateLimitRegistry.start(store)
+    try:
+        cap = Claim("sessions", "", 40)
+        asks = [registry.ask(AcquireAll(f"s{n}", (cap,)), block=False) for n in range(60)]
+        replies = [await ask for ask in asks]
+        # The first 40 asked are the 40 admitted: Redis ran them in the order asked.
+        assert replies == [None] * 40 + [0] * 20
+        assert store._batcher.pipelines < 60
+        assert await store.count("sessions", "") == 40
+    finally:
+        await registry.stop(block=False)
+
+
+async def test_the_batcher_loads_its_scripts_again_after_a_flush(
+    redis_server: RedisServer,
+) -> None:
+    client = from_url(RedisBackend.from_url(redis_server.url()).url)
+    batcher = Batcher(client)
+    try:
+        counter = batcher.register_script("return redis.call('INCR', KEYS[1])")
+        key = f"batcher-{id(batcher)}"
+        assert await counter(keys=[key]) == 1
+        await client.script_flush()
+        assert await counter(keys=[key]) == 2  # NOSCRIPT: loaded and run again
+        values = await asyncio.gather(*(counter(keys=[key]) for _ in range(30)))
+        assert values == list(range(3, 33))  # in the order called
+        with pytest.raises(ResponseError):
+            await batcher.register_script("return redis.call('NOPE')")(keys=[key])
+        assert await counter(keys=[key]) == 33  # one failing script fails only its caller
+    finally:
+        await batcher.aclose()

@@ -1,7 +1,7 @@
 """Rooms across processes on a real redis-server.
 
 Two backends started in one test process stand for two server processes: each has its
-own connections, its own `RoomBridge` and its own `RoomManager`; members are recording
+own connections, its own `RedisBridge` and its own `RoomManager`; members are recording
 actors, as in `test_rooms.py`.
 """
 
@@ -11,13 +11,14 @@ import asyncio
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import msgpack
 import pytest
 from pykka import ActorRef
 
 from aiowt.actors import RoomManager, Services, ask
 from aiowt.actors.redis_backend import RedisBackend
+from aiowt.actors.redis_bridge import Published, Renew
 from aiowt.actors.redis_rooms import RedisRooms
-from aiowt.actors.room_bridge import Published, Renew
 from aiowt.actors.rooms import (
     GetHistory,
     GetMembers,
@@ -200,7 +201,8 @@ async def test_a_gap_in_the_numbering_is_filled_from_the_log(
     events = await settled(reader, 5)
     assert [e.fields["n"] for e in events if isinstance(e, MessagePosted)] == [1, 2, 3, 4]
     assert [e.seq for e in events] == sorted({e.seq for e in events})
-    room_b.tell(Published(late, {"type": "message", "room": "gaps", "id": "x", "from": "x"}))
+    again = msgpack.packb({"type": "message", "room": "gaps", "id": "x", "from": "x"})
+    room_b.tell(Published("", f"{late} ".encode() + again))
     assert len(await settled(reader, 5)) == 5  # a duplicate is not delivered twice
 
 

@@ -15,7 +15,7 @@ from pykka import ActorDeadError, ActorRegistry
 from structlog.testing import capture_logs
 
 from aiowt.actors import LoopActor
-from aiowt.actors._runtime import BlockingGetOnLoopError, LoopFuture, NoRunningLoopError
+from aiowt.actors._runtime import BlockingGetOnLoopError, Later, LoopFuture, NoRunningLoopError
 
 T = TypeVar("T")
 
@@ -656,3 +656,44 @@ async def test_stop_future_is_a_loop_future_with_a_hook() -> None:
     stopping = ref.stop(block=False)
     assert isinstance(stopping, LoopFuture)
     assert await within(stopping) is True
+
+
+# --- Later: replies that come after the next messages -------------------------------------
+
+
+class Deferring(LoopActor):
+    """``("wait", event)`` replies once `event` is set, without holding up the next
+    messages; ``("fail", event)`` raises once it is set; anything else echoes."""
+
+    def on_receive(self, message: Any) -> Any:
+        if isinstance(message, tuple):
+            kind, event = message
+            return Later(self._after(kind, event))
+        return message
+
+    async def _after(self, kind: str, event: asyncio.Event) -> str:
+        await event.wait()
+        if kind == "fail":
+            raise ValueError("later, and wrong")
+        return "at last"
+
+
+async def test_a_later_reply_lets_the_next_messages_through() -> None:
+    ref = Deferring.start()
+    release = asyncio.Event()
+    slow = ref.ask(("wait", release), block=False)
+    # The actor answers the next ask while the first still waits: it was not held up.
+    assert await within(ref.ask("next", block=False)) == "next"
+    assert not slow._done  # still waiting for its event
+    release.set()
+    assert await within(slow) == "at last"
+
+
+async def test_a_later_failure_reaches_the_asker_and_the_actor_goes_on() -> None:
+    ref = Deferring.start()
+    release = asyncio.Event()
+    failing = ref.ask(("fail", release), block=False)
+    release.set()
+    with pytest.raises(ValueError, match="later, and wrong"):
+        await within(failing)
+    assert await within(ref.ask("still here", block=False)) == "still here"

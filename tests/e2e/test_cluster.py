@@ -11,15 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from aiowt import Handler, HandshakeError, Server, Session, connect
+from aiowt import Handler, HandshakeError, Server, Session, Stream, connect
+from aiowt.actors import ask
 from aiowt.actors.redis_backend import RedisBackend, RedisSlots
+from aiowt.actors.sessions import Listed, Multicast
 from aiowt.middleware import MaxSessions, RateLimit
 from tests.conftest import bounded, start_server_process
 from tests.redis_server import RedisServer
@@ -32,10 +36,28 @@ class Idle(Handler):
     """A session that stays until the client leaves."""
 
 
+class Mailbox(Handler):
+    """Says its session id; a message ``{"to": id, "text": t}`` on a stream is sent to
+    session `id` through the registry, wherever it is, and the delivery is the reply."""
+
+    async def on_start(self) -> None:
+        await super().on_start()
+        # Listed first: whoever gets the id can then reach the session from anywhere.
+        assert await ask(server.services.sessions, Listed())
+        self.send_message({"me": self.ctx.session_id})
+
+    async def on_message(self, message: Any, stream: Stream | None) -> None:
+        mail = Multicast([message["to"]], {"text": message["text"]}, via="stream")
+        delivery = await ask(server.services.sessions, mail)
+        assert stream is not None
+        stream.send_message(dataclasses.asdict(delivery), end_stream=True)
+
+
 server = Server()
 """What each process serves (`tests.e2e.test_cluster:server`)."""
 server.route("/max", Idle, MaxSessions(MAX_SESSIONS))
 server.route("/ip", Idle, RateLimit(PER_IP))
+server.route("/mail", Mailbox, MaxSessions(100))
 
 
 class Cluster:
@@ -228,3 +250,23 @@ async def test_redis_dying_and_coming_back_empty_is_survived(
     await _until(url, lambda counts: counts == {}, 10)
     for process in cluster.processes:
         assert process.returncode is None, "a server process died"
+
+
+async def test_a_message_reaches_a_session_on_another_process(
+    redis_server: RedisServer, cluster_on: Callable[[str], Cluster]
+) -> None:
+    cluster = cluster_on(redis_server.url())
+    await cluster.start(2)
+    sender, receiver = [await cluster.open("/mail", port) for port in cluster.ports]
+    assert isinstance(sender, Session)
+    assert isinstance(receiver, Session)
+    async with bounded(10):
+        await (await sender.accept_stream()).receive_message()
+        hello = await (await receiver.accept_stream()).receive_message()
+    request = sender.open_stream()
+    request.send_message({"to": hello["me"], "text": "across"}, end_stream=True)
+    async with bounded(10):
+        delivery = await request.receive_message()
+        mail = await (await receiver.accept_stream()).receive_message()
+    assert (delivery["delivered"], delivery["forwarded"], delivery["missing"]) == (0, 1, 0)
+    assert mail == {"text": "across"}

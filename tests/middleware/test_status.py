@@ -10,12 +10,16 @@ from typing import Any
 
 import pytest
 
+from aiowt.actors import ask
 from aiowt.actors.metrics import MetricsCollector
+from aiowt.actors.redis_backend import RedisBackend
+from aiowt.actors.sessions import Listed, Register
 from aiowt.middleware.chain import CallNext
 from aiowt.middleware.status import Status
 from aiowt.transport import HandshakeError, Rejected, SessionContext, UsageError
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, Unwound, bounded
+from tests.redis_server import RedisServer
 
 
 async def limiter(ctx: SessionContext, call_next: CallNext) -> None:
@@ -72,6 +76,7 @@ async def test_status_page_counts_verdicts_and_times(
     assert page["status_code_count"] == {"200": 1, "429": 2}
     assert page["total_count"] == 3
     assert page["active_sessions"] == 1
+    assert page["cluster_sessions"] == 0  # none listed: no MaxSessions in this chain
     assert 0 < page["total_response_time_sec"] < 5
     assert page["average_response_time_sec"] == pytest.approx(
         page["total_response_time_sec"] / 3, abs=1e-8
@@ -147,3 +152,22 @@ def test_status_validates(options: dict[str, Any]) -> None:
 
 def test_status_repr() -> None:
     assert repr(Status()) == "Status(path='/.status', health_path='/healthz')"
+
+
+async def test_status_counts_the_clusters_sessions_on_a_shared_backend(
+    redis_server: RedisServer,
+) -> None:
+    backend = RedisBackend.from_url(redis_server.url())
+    here, there = backend.start(), backend.start()
+    status = Status()
+    status.use_services(here, "use[0]")
+    try:
+        for services, ids in ((here, ["a"]), (there, ["b", "c"])):
+            for session_id in ids:
+                assert await ask(services.sessions, Register(session_id))
+            assert await ask(services.sessions, Listed())
+        document = await status.read()
+        assert (document["active_sessions"], document["cluster_sessions"]) == (0, 3)
+    finally:
+        await here.stop()
+        await there.stop()

@@ -1,9 +1,10 @@
-"""One pub/sub connection per process for the shared rooms with members on it.
+"""`RedisBridge`: one pub/sub connection per process for the services on Redis.
 
-The bridge subscribes to the channel of each room that has members here and tells the
-room what is published on it (`Published`). When Redis goes away it reconnects with
-backoff and jitter, subscribes again and tells each room to catch up (`Resync`); every
-third of a lease it tells each room to renew its members' presence (`Renew`).
+A service subscribes to a channel with its actor (`Subscribe`: a room with members
+here, the session registry to its process's channel) and is told what is published on
+it (`Published`, the raw message). When Redis goes away the bridge reconnects with
+backoff and jitter, subscribes again and tells each subscriber to catch up (`Resync`);
+every third of a lease it tells each subscriber to renew what it holds (`Renew`).
 """
 
 from __future__ import annotations
@@ -14,65 +15,61 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import msgpack
 import structlog
 from pykka import ActorRef
 
 from ._redis import UNREACHABLE, Redis, backoff
 from ._service import Request, Service, handles
 
-__all__ = ["Published", "Renew", "Resync", "RoomBridge", "Subscribe", "Unsubscribe"]
+__all__ = ["Published", "RedisBridge", "Renew", "Resync", "Subscribe", "Unsubscribe"]
 
-log = structlog.get_logger("aiowt.rooms")
+log = structlog.get_logger("aiowt.backend")
 
 
 @dataclass(frozen=True, slots=True)
 class Published:
-    """What the bridge read on a room's channel: an event (seq > 0) or a signal (seq 0)."""
+    """A message published on a channel the receiver subscribed to."""
 
-    seq: int
-    event: Mapping[str, Any]
+    channel: str
+    data: bytes
 
 
 @dataclass(frozen=True, slots=True)
 class Resync:
-    """The bridge reconnected: catch up from the log and write presence back."""
+    """The bridge reconnected: write back what you hold (Redis may have restarted
+    empty) and catch up with what was published meanwhile."""
 
 
 @dataclass(frozen=True, slots=True)
 class Renew:
-    """The keeper's tick: renew this process's members' presence."""
+    """Every third of a lease: renew the leases of what you hold."""
 
 
 @dataclass(frozen=True, slots=True)
 class Subscribe(Request[None]):
-    """Deliver what is published on `channel` to `room`; replies once subscribed."""
+    """Tell `receiver` what is published on `channel`; replies once Redis confirmed it
+    (so everything published after the reply arrives)."""
 
     channel: str
-    room: ActorRef[Any]
+    receiver: ActorRef[Any]
 
 
 @dataclass(frozen=True, slots=True)
 class Unsubscribe(Request[None]):
-    """Stop delivering `channel` (the room has no members here any more)."""
+    """Stop telling what is published on `channel`."""
 
     channel: str
 
 
-class RoomBridge(Service):
-    """One per process: the pub/sub connection of the rooms with members here.
-
-    Reconnects with backoff and jitter when Redis goes away, subscribes again, and tells
-    each room to catch up. Every third of a lease it tells each room to renew its
-    members' presence.
-    """
+class RedisBridge(Service):
+    """One per process: the pub/sub connection of the services on Redis (see the module)."""
 
     def __init__(self, client: Redis, *, lease: float, max_backoff: float = 5.0) -> None:
         super().__init__()
         self._client = client
         self._lease = lease
         self._max_backoff = max_backoff
-        self._rooms: dict[str, ActorRef[Any]] = {}
+        self._receivers: dict[str, ActorRef[Any]] = {}
         self._confirmed: dict[str, asyncio.Future[None]] = {}
         self._pubsub: Any = None
         self._listening = asyncio.Event()
@@ -80,7 +77,7 @@ class RoomBridge(Service):
         self._keeper: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
-        return f"<RoomBridge rooms={len(self._rooms)}>"
+        return f"<RedisBridge channels={len(self._receivers)}>"
 
     async def on_start(self) -> None:  # type: ignore[override]
         loop = asyncio.get_running_loop()
@@ -100,12 +97,12 @@ class RoomBridge(Service):
 
     @handles(Subscribe)
     async def _subscribe(self, message: Subscribe) -> None:
-        self._rooms[message.channel] = message.room
+        self._receivers[message.channel] = message.receiver
         await self._listen(message.channel)
 
     @handles(Unsubscribe)
     async def _unsubscribe(self, message: Unsubscribe) -> None:
-        self._rooms.pop(message.channel, None)
+        self._receivers.pop(message.channel, None)
         self._confirmed.pop(message.channel, None)
         if self._pubsub is not None:
             with contextlib.suppress(*UNREACHABLE):
@@ -122,7 +119,7 @@ class RoomBridge(Service):
             async with asyncio.timeout(5):
                 await confirmed
         except UNREACHABLE:
-            log.warning("room subscription failed; the room is local-only", channel=channel)
+            log.warning("subscription failed; waiting for redis", channel=channel)
 
     async def _read(self) -> None:
         failures = 0
@@ -152,36 +149,36 @@ class RoomBridge(Service):
             return
         if kind != "message":
             return
-        room = self._rooms.get(channel)
-        if room is None:
-            return
-        data = message["data"]
-        seq, _, blob = data.partition(b" ")
-        with contextlib.suppress(Exception):  # a stopped room, or garbage on the channel
-            room.tell(Published(int(seq), msgpack.unpackb(blob)))
+        receiver = self._receivers.get(channel)
+        if receiver is not None:
+            with contextlib.suppress(Exception):  # stopped meanwhile: it unsubscribes
+                receiver.tell(Published(channel, message["data"]))
 
     async def _reconnect(self, failures: int, error: BaseException) -> None:
-        log.warning("room channels lost; reconnecting", error=repr(error), attempt=failures)
+        log.warning("redis channels lost; reconnecting", error=repr(error), attempt=failures)
         await asyncio.sleep(backoff(failures, self._max_backoff))
         old, self._pubsub = self._pubsub, self._client.pubsub()
         with contextlib.suppress(Exception):
             await old.aclose()
-        for channel in list(self._rooms):
+        for channel in list(self._receivers):
             self._confirmed.pop(channel, None)
             try:
                 await self._pubsub.subscribe(channel)
             except UNREACHABLE:
                 return
-        for room in list(self._rooms.values()):
-            with contextlib.suppress(Exception):
-                room.tell(Resync())
+        self._tell_each(Resync())
 
     async def _keep(self) -> None:
         while True:
             await asyncio.sleep(self._lease / 3)
-            for room in list(self._rooms.values()):
-                with contextlib.suppress(Exception):
-                    room.tell(Renew())
+            self._tell_each(Renew())
+
+    def _tell_each(self, message: Resync | Renew) -> None:
+        """Once to each receiver, however many channels it listens to."""
+        receivers = {ref.actor_urn: ref for ref in self._receivers.values()}
+        for receiver in receivers.values():
+            with contextlib.suppress(Exception):
+                receiver.tell(message)
 
 
 def _text(value: object) -> str:
