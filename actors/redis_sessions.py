@@ -4,9 +4,10 @@ Answers the same messages as `SessionRegistry`. Its own sessions stay here (look
 and lists return this process's sessions, with their transport `Session`); what the
 other processes learn from Redis:
 
-- which process holds a session: a hash ``session id -> {node, ip, path, at}`` and a
-  set per process, so `Multicast` reaches a session on whatever process holds it, and
-  `CountSessions` counts the cluster's;
+- which process holds a session: a hash ``session id -> {node, ip, path, user, at}``,
+  a set per process and one per user, so `Multicast` reaches a session and `ToUser` a
+  person's sessions on whatever process holds them, and `CountSessions` counts the
+  cluster's;
 - that a process is alive: a lease per process, renewed every third of a lease. The
   sessions of a process that dies leave the registry at most one lease after it did;
 - deliveries: each process listens on a channel of its own (`Multicast` to its
@@ -45,10 +46,12 @@ from .sessions import (
     Multicast,
     Register,
     SessionRegistry,
+    ToUser,
     Unregister,
     Via,
     _id,
     _ids,
+    _user,
     encode_for,
 )
 
@@ -56,9 +59,10 @@ __all__ = ["SharedSessionRegistry"]
 
 log = structlog.get_logger("aiowt.backend")
 
-# KEYS: 1 sessions (hash id -> msgpack {node, ip, path, at}), 2 nodes (zset node -> lease
-# end). ARGV: 1 now in ms (0: Redis' clock), 2 lease in ms, 3 this node, 4 key prefix
-# (a node's own set is <prefix>:node:<node>, in the same hash slot).
+# KEYS: 1 sessions (hash id -> msgpack {node, ip, path, user, at}), 2 nodes (zset node ->
+# lease end). ARGV: 1 now in ms (0: Redis' clock), 2 lease in ms, 3 this node, 4 key
+# prefix (a node's own set is <prefix>:node:<node>, a user's <prefix>:user:<user>, all in
+# the same hash slot).
 _LIB = """
 local now = tonumber(ARGV[1])
 if now == 0 then
@@ -69,12 +73,20 @@ local lease, me, prefix = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local function owned(node)
   return prefix .. ':node:' .. node
 end
+-- Take session `id` out if `node` holds it (a newer listing elsewhere stays).
+local function drop(id, node)
+  local entry = redis.call('HGET', KEYS[1], id)
+  if not entry then return end
+  local listed = cmsgpack.unpack(entry)
+  if listed.node ~= node then return end
+  redis.call('HDEL', KEYS[1], id)
+  if listed.user and listed.user ~= '' then
+    redis.call('SREM', prefix .. ':user:' .. listed.user, id)
+  end
+end
 local function forget(node)
   local set = owned(node)
-  for _, id in ipairs(redis.call('SMEMBERS', set)) do
-    local entry = redis.call('HGET', KEYS[1], id)
-    if entry and cmsgpack.unpack(entry).node == node then redis.call('HDEL', KEYS[1], id) end
-  end
+  for _, id in ipairs(redis.call('SMEMBERS', set)) do drop(id, node) end
   redis.call('DEL', set)
   redis.call('ZREM', KEYS[2], node)
 end
@@ -95,9 +107,10 @@ for i = 6, #ARGV do
   if ARGV[i] == '+' then
     redis.call('HSET', KEYS[1], ARGV[i + 1], ARGV[i + 2])
     redis.call('SADD', set, ARGV[i + 1])
+    local user = cmsgpack.unpack(ARGV[i + 2]).user
+    if user and user ~= '' then redis.call('SADD', prefix .. ':user:' .. user, ARGV[i + 1]) end
   elseif ARGV[i] == '-' then
-    local entry = redis.call('HGET', KEYS[1], ARGV[i + 1])
-    if entry and cmsgpack.unpack(entry).node == me then redis.call('HDEL', KEYS[1], ARGV[i + 1]) end
+    drop(ARGV[i + 1], me)
     redis.call('SREM', set, ARGV[i + 1])
   end
 end
@@ -204,7 +217,8 @@ class SharedSessionRegistry(SessionRegistry):
         known = _id(message.session_id) in self._entries
         registered = super()._register(message)
         if registered and not known:
-            self._queue("+", message.session_id, self._listing(message.remote_ip, message.path))
+            listing = self._listing(message.remote_ip, message.path, message.user)
+            self._queue("+", message.session_id, listing)
         return registered
 
     @handles(Unregister)
@@ -230,8 +244,8 @@ class SharedSessionRegistry(SessionRegistry):
         self._wake.set()
         return await waiter
 
-    def _listing(self, remote_ip: str, path: str) -> bytes:
-        entry = {"node": self.node, "ip": remote_ip, "path": path, "at": time.time()}
+    def _listing(self, remote_ip: str, path: str, user: str) -> bytes:
+        entry = {"node": self.node, "ip": remote_ip, "path": path, "user": user, "at": time.time()}
         packed: bytes = msgpack.packb(entry)
         return packed
 
@@ -312,6 +326,21 @@ class SharedSessionRegistry(SessionRegistry):
         missing = local.missing + len(away) - forwarded
         return Delivery(local.delivered, local.failed, missing, forwarded)
 
+    @handles(ToUser)
+    async def _shared_to_user(self, message: ToUser) -> Delivery:
+        user = _user(message.user)
+        payload = encode_for(message.message, message.via)
+        local = self._send(payload, message.via, self._user_targets(user), 0)
+        try:
+            async with asyncio.timeout(self._timeout):
+                listed = await self._client.smembers(f"{self._prefix}:user:{user}")
+        except UNREACHABLE as error:
+            self._lost(error)
+            return local
+        away = sorted(i for i in (_text(m) for m in listed) if i not in self._entries)
+        forwarded = await self._forward(away, payload, message.via)
+        return Delivery(local.delivered, local.failed, local.missing, forwarded)
+
     @handles(Broadcast)
     async def _shared_broadcast(self, message: Broadcast) -> Delivery:
         return await self._to_everyone(message.message, message.via, None)
@@ -387,3 +416,7 @@ def _resolve(waiters: list[asyncio.Future[bool]], listed: bool) -> None:
     for waiter in waiters:
         if not waiter.done():
             waiter.set_result(listed)
+
+
+def _text(value: object) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

@@ -42,6 +42,7 @@ __all__ = [
     "Register",
     "SessionInfo",
     "SessionRegistry",
+    "ToUser",
     "Unregister",
 ]
 
@@ -68,6 +69,8 @@ class Register(Request[bool]):
     limit: int | None = None
     remote_ip: str = ""
     path: str = ""
+    user: str = ""
+    """Who the session is (its authenticated identity), for `ToUser`; "" for nobody."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +132,17 @@ class Multicast(Request["Delivery"]):
 
 
 @dataclass(frozen=True, slots=True)
+class ToUser(Request["Delivery"]):
+    """Send msgpack `message` to every session registered for `user` (one person may
+    have several: tabs, devices). `missing` counts none: a user without sessions gets
+    a `Delivery` of zeros."""
+
+    user: str
+    message: Any
+    via: Via = "datagram"
+
+
+@dataclass(frozen=True, slots=True)
 class BroadcastExcept(Request["Delivery"]):
     """Send msgpack `message` to every attached session but `session_id`."""
 
@@ -151,6 +165,7 @@ class SessionInfo:
     """`time.monotonic()` at registration."""
     session: Session | None
     """The transport session; None until it is accepted."""
+    user: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,7 +198,7 @@ class _Entry:
 class SessionRegistry(Service):
     """The actor that owns the set of live sessions. Messages: `Register`, `Attach`,
     `Unregister`, `LookupSession`, `CountSessions`, `ListSessions`, `Listed`,
-    `Broadcast`, `Multicast`, `BroadcastExcept`.
+    `Broadcast`, `Multicast`, `BroadcastExcept`, `ToUser`.
 
     Stream deliveries go on the session's `OutboundChannel` stream (one server-opened
     unidirectional stream, opened on first use and kept), so a session receives the
@@ -193,6 +208,8 @@ class SessionRegistry(Service):
     def __init__(self) -> None:
         super().__init__()
         self._entries: dict[str, _Entry] = {}
+        self._users: dict[str, dict[str, None]] = {}
+        """User -> the ids of their sessions, in registration order."""
 
     def __repr__(self) -> str:
         return f"<SessionRegistry sessions={len(self._entries)}>"
@@ -203,16 +220,20 @@ class SessionRegistry(Service):
         limit = message.limit
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
             raise UsageError(f"limit must be an int or None, got {limit!r}")
-        if not isinstance(message.remote_ip, str) or not isinstance(message.path, str):
-            raise UsageError("remote_ip and path must be str")
+        if not all(isinstance(v, str) for v in (message.remote_ip, message.path, message.user)):
+            raise UsageError("remote_ip, path and user must be str")
         entry = self._entries.get(session_id)
         if entry is not None:
             entry.holds += 1
             return True
         if limit is not None and len(self._entries) >= limit:
             return False
-        info = SessionInfo(session_id, message.remote_ip, message.path, time.monotonic(), None)
+        info = SessionInfo(
+            session_id, message.remote_ip, message.path, time.monotonic(), None, message.user
+        )
         self._entries[session_id] = _Entry(info)
+        if message.user:
+            self._users.setdefault(message.user, {})[session_id] = None
         return True
 
     @handles(Attach)
@@ -227,6 +248,7 @@ class SessionRegistry(Service):
             entry.info.path,
             entry.info.registered_at,
             message.session,
+            entry.info.user,
         )
         return True
 
@@ -239,6 +261,12 @@ class SessionRegistry(Service):
         entry.holds -= 1
         if not entry.holds:
             del self._entries[session_id]
+            user = entry.info.user
+            sessions = self._users.get(user)
+            if sessions is not None:
+                sessions.pop(session_id, None)
+                if not sessions:
+                    del self._users[user]
         return True
 
     @handles(LookupSession)
@@ -275,7 +303,15 @@ class SessionRegistry(Service):
         targets = [self._entries[sid] for sid in ids if sid in self._entries]
         return self._send(payload, message.via, targets, len(ids) - len(targets))
 
+    @handles(ToUser)
+    def _to_user(self, message: ToUser) -> Delivery:
+        payload = encode_for(message.message, message.via)
+        return self._send(payload, message.via, self._user_targets(_user(message.user)), 0)
+
     # --- delivery ------------------------------------------------------------------------------
+    def _user_targets(self, user: str) -> list[_Entry]:
+        return [self._entries[sid] for sid in self._users.get(user, ())]
+
     def _targets(self, skip: str | None) -> list[_Entry]:
         return [entry for sid, entry in self._entries.items() if sid != skip]
 
@@ -329,6 +365,12 @@ def _ids(session_ids: object) -> list[str]:
     if isinstance(session_ids, str) or not isinstance(session_ids, Collection):
         raise UsageError(f"session_ids must be a collection of ids, got {session_ids!r}")
     return list(dict.fromkeys(_id(sid) for sid in session_ids))
+
+
+def _user(user: object) -> str:
+    if not isinstance(user, str) or not user:
+        raise UsageError(f"a user is a non-empty str, got {user!r}")
+    return user
 
 
 def _id(session_id: object) -> str:

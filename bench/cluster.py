@@ -132,27 +132,47 @@ def measure_workers(
     redis_url: str, cert: tuple[str, str, str], reps: int, quick: bool
 ) -> dict[str, Any]:
     rates: dict[int, list[float]] = {1: [], 2: []}
+    cpus: dict[int, list[float]] = {1: [], 2: []}
     for rep in range(reps):
         for count in (1, 2) if rep % 2 == 0 else (2, 1):
             log(f"workers {rep + 1}/{reps}: {count}")
             (process, drain), port = _start_workers(count, redis_url, cert)
             try:
-                rates[count].append(_two_clients(port, cert[2], quick))
+                workers = _children(process.pid)
+                before = sum(cpu_seconds(pid) for pid in workers)
+                rate, opened = _two_clients(port, cert[2], quick)
+                rates[count].append(rate)
+                if opened:
+                    spent = sum(cpu_seconds(pid) for pid in workers) - before
+                    cpus[count].append(spent / opened * 1e6)
             finally:
                 process.terminate()
                 process.wait(30)
                 drain.wait(5)
     one, two = _median(rates[1]), _median(rates[2])
+    one_cpu, two_cpu = _median(cpus[1]), _median(cpus[2])
     return {
         "one_worker_rate": one,
         "two_workers_rate": two,
         "rate_ratio": two / one if one and two else None,
+        "one_worker_cpu_us": one_cpu,
+        "two_workers_cpu_us": two_cpu,
+        "cpu_ratio": two_cpu / one_cpu if one_cpu and two_cpu else None,
         "reps": reps,
     }
 
 
-def _two_clients(port: int, cert_hash: str, quick: bool) -> float:
-    """Sessions per second over two load clients started together."""
+def _children(pid: int) -> list[int]:
+    """The worker processes of a supervisor."""
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(child) for child in text.split()]
+
+
+def _two_clients(port: int, cert_hash: str, quick: bool) -> tuple[float, int]:
+    """Sessions per second over two load clients started together, and sessions opened."""
     argvs = [_client(port, cert_hash, 0, quick, f"load{i}") for i in range(2)]
     clients = [
         subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, text=True) for argv in argvs
@@ -166,7 +186,7 @@ def _two_clients(port: int, cert_hash: str, quick: bool) -> float:
                 opened += int(result.get("ops") or 0)
                 longest = max(longest, float(result.get("seconds") or 0.0))
     # Each client times its own sessions (not its start-up); they run side by side.
-    return opened / longest if longest else 0.0
+    return (opened / longest if longest else 0.0), opened
 
 
 # --- fan-out -------------------------------------------------------------------------------
@@ -232,7 +252,9 @@ def render(results: dict[str, Any]) -> str:
         return "yes" if (value <= target if at_most else value >= target) else "**no**"
 
     def num(value: float | None, digits: int = 3) -> str:
-        return "-" if value is None else f"{value:.{digits}g}"
+        if value is None:
+            return "-"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.{digits}g}"
 
     m = results["machine"]
     lines = [
@@ -250,6 +272,9 @@ def render(results: dict[str, Any]) -> str:
         f" with 1 worker | {num(w['two_workers_rate'], 4)} with 2 workers | {num(w['rate_ratio'])}x"
         f" | ≥ {TARGETS['workers_rate_ratio']}x |"
         f" {met(w['rate_ratio'], TARGETS['workers_rate_ratio'])} |",
+        f"| server CPU per session over all workers (µs) | {num(w['one_worker_cpu_us'], 4)}"
+        f" with 1 worker | {num(w['two_workers_cpu_us'], 4)} with 2 workers |"
+        f" {num(w['cpu_ratio'])}x | - | - |",
         f"| room deliveries per second, 2 processes x {f['members_per_process']} members,"
         f" {f['posts']} posts | - | {num(f['per_s'], 4)} | - | ≥ {TARGETS['fanout_per_s']:,.0f} |"
         f" {met(f['per_s'], TARGETS['fanout_per_s'])} |",
@@ -273,7 +298,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--only", default="admission,workers,fanout", help="a comma-separated subset (no write)"
     )
+    parser.add_argument("--render", metavar="JSON", help="write docs/scale.md from a saved run")
     args = parser.parse_args(argv)
+    if args.render:
+        write_doc(render(json.loads(Path(args.render).read_text())))
+        return 0
     only = set(args.only.split(","))
     quick = args.quick
     reps = args.reps or (1 if quick else 3)

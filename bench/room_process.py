@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -21,9 +22,26 @@ import structlog
 
 from aiowt.actors import LoopActor, RoomManager, ask
 from aiowt.actors.redis_backend import RedisBackend
-from aiowt.actors.rooms import JoinRoom, Member, MessagePosted, Post, RoomEventDelivered
+from aiowt.actors.rooms import (
+    JoinRoom,
+    Member,
+    MessagePosted,
+    Post,
+    RoomEventDelivered,
+    RoomSnapshot,
+)
 
 ROOM = "bench"
+
+
+class Progress:
+    """One member's, as the run sees it."""
+
+    def __init__(self) -> None:
+        self.joined = asyncio.Event()
+        """Set by the room's snapshot: the join went through Redis."""
+        self.done = asyncio.Event()
+        self.count = 0
 
 
 class Counter(LoopActor):
@@ -31,29 +49,34 @@ class Counter(LoopActor):
 
     register_globally: ClassVar[bool] = False
 
-    def __init__(self, expected: int, done: asyncio.Event) -> None:
+    def __init__(self, expected: int, progress: Progress) -> None:
         super().__init__()
         self.expected = expected
-        self.done = done
+        self.progress = progress
         self.count = 0
 
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, RoomEventDelivered) and isinstance(message.event, MessagePosted):
+        if isinstance(message, RoomSnapshot):
+            self.progress.joined.set()
+        elif isinstance(message, RoomEventDelivered) and isinstance(message.event, MessagePosted):
             self.count += 1
+            self.progress.count = self.count
             if self.count == self.expected:
-                self.done.set()
+                self.progress.done.set()
         return None
 
 
 async def run(url: str, members: int, posts: int, post: bool) -> dict[str, Any]:
     services = RedisBackend.from_url(url).start()
     manager = RoomManager.start(rooms=services.rooms)
-    dones = [asyncio.Event() for _ in range(members)]
+    progress = [Progress() for _ in range(members)]
     prefix = "p" if post else "l"
     room = None
-    for n, done in enumerate(dones):
-        ref = Counter.start(posts, done)
+    for n, mine in enumerate(progress):
+        ref = Counter.start(posts, mine)
         room = await ask(manager, JoinRoom(ROOM, Member(f"{prefix}{n}", f"{prefix}{n}", ref)))
+    for mine in progress:  # every join is in the room's order before anyone posts
+        await mine.joined.wait()
     print("READY", flush=True)
     await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
     started = time.time()
@@ -61,9 +84,15 @@ async def run(url: str, members: int, posts: int, post: bool) -> dict[str, Any]:
         assert room is not None
         for n in range(posts):
             room.tell(Post(f"{prefix}0", {"n": n}))
-    async with asyncio.timeout(240):
-        for done in dones:
-            await done.wait()
+    try:
+        async with asyncio.timeout(float(os.environ.get("AIOWT_BENCH_ROOM_TIMEOUT", "240"))):
+            for mine in progress:
+                await mine.done.wait()
+    except TimeoutError:
+        counts = sorted(mine.count for mine in progress)
+        role = "poster" if post else "listener"
+        sys.stderr.write(f"room process ({role}): posts per member {counts}\n")
+        raise
     finished = time.time()
     await manager.stop(block=False)
     await services.stop()

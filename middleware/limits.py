@@ -23,7 +23,7 @@ they report nothing.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar, Literal
 
 import pykka
@@ -248,6 +248,8 @@ class MaxSessions(_SessionCap):
     other limits. Each session admitted is also registered in the `SessionRegistry`
     (`registry`): before it is accepted, attached to its transport session once accepted
     (so the registry can look it up and broadcast to it), and unregistered when it ends.
+    It is registered for its user (`ToUser`) when authentication put one in
+    ``ctx.identity``: a str, or a mapping's ``"sub"``, ``"user"`` or ``"name"``.
     """
 
     scope = "sessions"
@@ -293,7 +295,8 @@ class MaxSessions(_SessionCap):
             ref = self.sessions.ref()
             session_id = ctx.session_id
             # Told, not asked: the cap was taken above, this only lists the session.
-            tell_quietly(ref, Register(session_id, None, ctx.remote_ip, ctx.path))
+            user = _user_of(ctx.identity)
+            tell_quietly(ref, Register(session_id, None, ctx.remote_ip, ctx.path, user))
             ctx.taps.append(_AttachTap(ref, session_id))
             try:
                 await call_next(ctx)
@@ -479,3 +482,15 @@ class DepthGuard:
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
         ctx.taps.append(_DepthTap(self.max_concurrent, self.metrics.started))
         await call_next(ctx)
+
+
+def _user_of(identity: object) -> str:
+    """Who `ctx.identity` names, for the registry's `ToUser`; "" when it names nobody."""
+    if isinstance(identity, str):
+        return identity
+    if isinstance(identity, Mapping):
+        for field in ("sub", "user", "name"):
+            value = identity.get(field)
+            if isinstance(value, str) and value:
+                return value
+    return ""

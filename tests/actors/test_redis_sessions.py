@@ -27,6 +27,7 @@ from aiowt.actors.sessions import (
     ListSessions,
     Multicast,
     Register,
+    ToUser,
     Unregister,
 )
 from aiowt.transport.framing import decode_message
@@ -109,6 +110,30 @@ async def test_a_message_reaches_a_session_on_another_process(
     assert delivery == Delivery(delivered=1, failed=0, missing=1, forwarded=1)
     assert await there.next() == {"text": "hi"}
     assert here.messages() == [{"text": "hi"}]
+
+
+async def test_a_users_sessions_are_reached_on_every_process(
+    processes: Callable[..., Services],
+) -> None:
+    a, b = processes(), processes()
+    tab, phone, other = Inbox(), Inbox(), Inbox()
+    for services, session_id, user, inbox in (
+        (a, "tab", "ada", tab),
+        (b, "phone", "ada", phone),
+        (b, "other", "bob", other),
+    ):
+        assert await ask(services.sessions, Register(session_id, user=user))
+        assert await ask(services.sessions, Attach(session_id, cast(Session, inbox)))
+        assert await ask(services.sessions, Listed())
+    delivery = await ask(a.sessions, ToUser("ada", {"text": "both"}))
+    assert (delivery.delivered, delivery.forwarded) == (1, 1)
+    assert await phone.next() == {"text": "both"}
+    assert tab.messages() == [{"text": "both"}]
+    assert other.datagrams == []
+    assert await ask(b.sessions, Unregister("phone"))
+    assert await ask(b.sessions, Listed())
+    delivery = await ask(a.sessions, ToUser("ada", {"text": "tab only"}))
+    assert (delivery.delivered, delivery.forwarded) == (1, 0)
 
 
 async def test_broadcasts_reach_every_process_once(processes: Callable[..., Services]) -> None:

@@ -22,6 +22,7 @@ from aiowt.actors.sessions import (
     Multicast,
     Register,
     SessionRegistry,
+    ToUser,
     Unregister,
 )
 from aiowt.transport import CloseCode, ConnectRequest
@@ -190,6 +191,31 @@ async def test_multicast_counts_unknown_ids_once() -> None:
         delivery = await ask(ref, Multicast(["a", "c", "c", "nobody"], [1, 2]))
         assert delivery == Delivery(delivered=2, failed=0, missing=1)
         assert [len(sessions[s].datagrams) for s in "abc"] == [1, 0, 1]
+    finally:
+        await ref.stop(block=False)
+
+
+async def test_to_user_reaches_every_session_of_that_user() -> None:
+    ref = SessionRegistry.start()
+    try:
+        inboxes = {}
+        for session_id, user in (("a1", "ada"), ("a2", "ada"), ("b1", "bob"), ("x", "")):
+            inboxes[session_id] = FakeSession()
+            assert await ask(ref, Register(session_id, user=user))
+            assert await ask(ref, Attach(session_id, cast(Session, inboxes[session_id])))
+        assert await ask(ref, ToUser("ada", {"hi": 1})) == Delivery(delivered=2)
+        assert [len(inboxes[s].datagrams) for s in ("a1", "a2", "b1", "x")] == [1, 1, 0, 0]
+        assert await ask(ref, Unregister("a1"))
+        assert await ask(ref, ToUser("ada", {"hi": 2})) == Delivery(delivered=1)
+        assert await ask(ref, Unregister("a2"))
+        assert await ask(ref, ToUser("ada", {"hi": 3})) == Delivery()  # nobody: zeros
+        info = await ask(ref, LookupSession("b1"))
+        assert info is not None
+        assert info.user == "bob"
+        with pytest.raises(UsageError):
+            await ask(ref, ToUser("", {}))
+        with pytest.raises(UsageError):
+            await ask(ref, Register("y", user=7))  # type: ignore[arg-type]
     finally:
         await ref.stop(block=False)
 

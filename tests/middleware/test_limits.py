@@ -291,6 +291,16 @@ async def test_max_sessions_registers_attaches_and_unregisters() -> None:
         with pytest.raises(RuntimeError):
             await cap(make_ctx(), raising(RuntimeError()))
         assert await ask(registry, CountSessions()) == 0
+
+        async def as_ada(ctx: SessionContext, session: FakeSession) -> None:
+            info = await ask(registry, LookupSession(ctx.session_id))
+            assert info is not None
+            assert info.user == "ada"  # the identity authentication set, for ToUser
+
+        for identity in ("ada", {"sub": "ada", "scope": "chat"}):
+            ctx = make_ctx()
+            ctx.identity = identity
+            await cap(ctx, accepting(as_ada))
     finally:
         await registry.stop(block=False)
 
