@@ -60,9 +60,10 @@ pytest: $(STAMP) system-packages $(CHAT_VENDOR)
 
 test: lint typecheck pytest
 
-bench: $(STAMP)
+bench: $(STAMP) system-packages
 	$(PY) -m pip install --quiet -e '.[bench]'
 	$(PY) -m bench --profile
+	$(PY) -m bench.cluster
 
 # The reliability suite with its soak counts (about 20 minutes on 2 cores; docs/reliability.md).
 soak: $(STAMP)

@@ -124,7 +124,7 @@ def render(results: dict[str, Any]) -> str:
     add("## How to reproduce")
     add("")
     add("```")
-    add("make bench            # = .venv/bin/python -m bench --profile")
+    add("make bench            # = .venv/bin/python -m bench --profile, then -m bench.cluster")
     add(f"{results.get('command', 'python -m bench')}   # this run")
     add("python -m bench --quick   # the harness end to end in seconds (make test runs it)")
     add("```")
