@@ -20,10 +20,30 @@ try:
 except ImportError as error:  # pragma: no cover - the extra is installed for the tests
     raise ImportError("the Redis backend needs redis-py: pip install 'aiowt[redis]'") from error
 
-__all__ = ["UNREACHABLE", "BatchedScript", "Batcher", "Redis", "backoff", "from_url"]
+__all__ = [
+    "LUA_NOW",
+    "UNREACHABLE",
+    "BatchedScript",
+    "Batcher",
+    "Redis",
+    "backoff",
+    "batcher_for",
+    "from_url",
+]
 
 UNREACHABLE = (TimeoutError, OSError, RedisConnectionError, RedisTimeoutError)
 """What says Redis cannot be reached now; anything else is a bug, and raised."""
+
+
+LUA_NOW = """
+local now = tonumber(ARGV[1])
+if now == 0 then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+"""How every script starts: `now` in milliseconds, from ARGV[1], or Redis' own clock when
+that is 0 (one clock for every process; tests pass theirs)."""
 
 
 def backoff(failures: int, cap: float) -> float:
@@ -130,6 +150,14 @@ class Batcher:
         if missing:
             self._loaded.clear()
             await self._send(missing, retry=False)
+
+
+def batcher_for(client: Redis, given: Batcher | None) -> tuple[Batcher, bool]:
+    """`given` (the backend's, shared), or a new one on `client`; True when it is new, so
+    the caller owns it and closes it."""
+    if given is not None:
+        return given, False
+    return Batcher(client), True
 
 
 class BatchedScript:

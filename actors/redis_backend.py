@@ -44,7 +44,7 @@ from pykka import ActorRef
 
 from aiowt.transport.errors import UsageError
 
-from ._redis import UNREACHABLE, Batcher, Redis, backoff, from_url
+from ._redis import LUA_NOW, UNREACHABLE, Batcher, Redis, backoff, batcher_for, from_url
 from ._service import tell_quietly
 from .metric_names import BACKEND_CONNECTED, BACKEND_STATE_CHANGES
 from .metrics import Inc, MetricsCollector, SetGauge
@@ -61,17 +61,8 @@ log = structlog.get_logger("aiowt.backend")
 Failure = Literal["partition", "open", "closed"]
 _FAILURES: tuple[Failure, ...] = ("partition", "open", "closed")
 
-# Every script takes its time from Redis (ARGV[1] == 0), or from the caller (tests).
-_NOW = """
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-"""
-
 _ACQUIRE = (
-    _NOW
+    LUA_NOW
     + """
 -- KEYS: one sorted set per claim. ARGV: now, lease (ms), holder, then each claim's limit.
 local holder = ARGV[3]
@@ -92,7 +83,7 @@ return -1
 )
 
 _RENEW = (
-    _NOW
+    LUA_NOW
     + """
 -- KEYS: sorted sets, one per (key, holder) pair. ARGV: now, lease, 'XX' or 'ALL', holders.
 local lease = tonumber(ARGV[2])
@@ -119,7 +110,7 @@ return released
 """
 
 _COUNT = (
-    _NOW
+    LUA_NOW
     + """
 -- KEYS: sorted sets. Replies the live members of each.
 local counts = {}
@@ -159,8 +150,7 @@ class RedisSlots:
         """`batcher` sends the scripts (one shared by the backend's services); without
         one, the store makes its own on `client` and closes it with itself."""
         self._client = client
-        self._own_batcher = batcher is None
-        self._batcher = Batcher(client) if batcher is None else batcher
+        self._batcher, self._own_batcher = batcher_for(client, batcher)
         self.prefix = prefix
         self.lease = lease
         self.timeout = timeout

@@ -38,7 +38,7 @@ from pykka import ActorRef
 
 from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE, encode_frame, encode_message
 
-from ._redis import UNREACHABLE, Batcher, Redis
+from ._redis import UNREACHABLE, Batcher, Redis, batcher_for
 from ._service import handles
 from .redis_bridge import Published, RedisBridge, Renew, Resync, Subscribe, Unsubscribe
 from .room_scripts import JOIN, LEAVE, PARTS, POST, RANGE, RENEW
@@ -182,19 +182,14 @@ class SharedRoom(Room):
 
     @handles(Post)
     async def _shared_post(self, message: Post) -> int | None:
-        sender = self._members.get(message.sender_id)
-        if sender is None:
-            self.posts_dropped += 1
+        posted = self._posted(message, 0)  # numbered by Redis, or 0 outside the order
+        if posted is None:
             return None
-        event = MessagePosted(
-            self.name, sender.info, MappingProxyType(dict(message.fields)), 0, self._clock()
-        )
-        # Encoded first: a post that cannot be encoded raises here and changes nothing.
-        frame = encode_frame(event.to_wire(), max_size=self._max_frame_size)
+        event, frame = posted
         if self._shared:
             try:
                 seq = await self._script(
-                    self._shared_rooms.post, [sender.id, _pack(event.to_wire())]
+                    self._shared_rooms.post, [event.sender.id, _pack(event.to_wire())]
                 )
             except UNREACHABLE as error:
                 self._lost(error)
@@ -205,17 +200,9 @@ class SharedRoom(Room):
 
     @handles(Signal)
     async def _shared_signal(self, message: Signal) -> int:
-        sender = self._members.get(message.sender_id)
-        if sender is None:
-            self.posts_dropped += 1
+        event = self._signalled(message)
+        if event is None:
             return 0
-        event = SignalRelayed(
-            self.name,
-            sender.info,
-            message.kind,
-            MappingProxyType(dict(message.fields)),
-            self._clock(),
-        )
         if self._shared:
             blob = _pack({**event.to_wire(), _SIGNAL: True})
             try:
@@ -455,8 +442,7 @@ class RedisRooms:
         batcher: Batcher | None = None,
     ) -> None:
         self.client = client
-        self._own_batcher = batcher is None
-        self.batcher = Batcher(client) if batcher is None else batcher
+        self.batcher, self._own_batcher = batcher_for(client, batcher)
         """Sends the scripts (the backend's, shared; or the store's own)."""
         self.clock = clock
         """Milliseconds for the scripts instead of Redis' clock (tests move it by hand)."""

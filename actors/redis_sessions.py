@@ -34,7 +34,7 @@ import msgpack
 import structlog
 from pykka import ActorRef
 
-from ._redis import UNREACHABLE, Batcher, Redis
+from ._redis import LUA_NOW, UNREACHABLE, Batcher, Redis, batcher_for
 from ._service import handles
 from .redis_bridge import Published, RedisBridge, Renew, Resync, Subscribe, Unsubscribe
 from .sessions import (
@@ -63,13 +63,9 @@ log = structlog.get_logger("aiowt.backend")
 # lease end). ARGV: 1 now in ms (0: Redis' clock), 2 lease in ms, 3 this node, 4 key
 # prefix (a node's own set is <prefix>:node:<node>, a user's <prefix>:user:<user>, all in
 # the same hash slot).
-_LIB = """
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local lease, me, prefix = tonumber(ARGV[2]), ARGV[3], ARGV[4]
+_LIB = (
+    LUA_NOW
+    + """local lease, me, prefix = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local function owned(node)
   return prefix .. ':node:' .. node
 end
@@ -94,6 +90,7 @@ local function sweep()
   for _, node in ipairs(redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now)) do forget(node) end
 end
 """
+)
 
 # ARGV 5: "1" to replace this node's entries (a write-back), else "0"; then ops:
 # "+", id, entry | "-", id. Renews this node's lease; replies the cluster's count, or -1
@@ -163,8 +160,7 @@ class SharedSessionRegistry(SessionRegistry):
         registry makes its own on `client` and closes it when it stops."""
         super().__init__()
         self._client = client
-        self._own_batcher = batcher is None
-        self._batcher = Batcher(client) if batcher is None else batcher
+        self._batcher, self._own_batcher = batcher_for(client, batcher)
         self._bridge = bridge
         self._lease = lease
         self._timeout = timeout

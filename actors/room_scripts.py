@@ -9,6 +9,8 @@ Expired presence leases are swept by whichever script touches the room next.
 
 from __future__ import annotations
 
+from ._redis import LUA_NOW
+
 __all__ = ["JOIN", "LEAVE", "PARTS", "POST", "RANGE", "RENEW"]
 
 PARTS = ("seq", "log", "history", "members", "alive", "epoch")
@@ -16,13 +18,9 @@ PARTS = ("seq", "log", "history", "members", "alive", "epoch")
 
 # KEYS: 1 counter, 2 log, 3 history, 4 members (hash id -> info), 5 alive (zset id -> lease
 # end), 6 epoch (when this order began: a Redis that restarted empty starts a new one)
-_LIB = """
-local now = tonumber(ARGV[1])
-if now == 0 then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
-local lease, channel, room = tonumber(ARGV[2]), ARGV[3], ARGV[4]
+_LIB = (
+    LUA_NOW
+    + """local lease, channel, room = tonumber(ARGV[2]), ARGV[3], ARGV[4]
 local log_max, history_max = tonumber(ARGV[5]), tonumber(ARGV[6])
 local function publish(event)
   local seq = redis.call('INCR', KEYS[1])
@@ -52,6 +50,7 @@ local function sweep()
   end
 end
 """
+)
 
 # ARGV 7..: member id, member info, join event
 JOIN = (

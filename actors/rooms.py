@@ -380,20 +380,10 @@ class Room(Service):
 
     @handles(Post)
     def _post(self, message: Post) -> int | None:
-        sender = self._members.get(message.sender_id)
-        if sender is None:
-            self.posts_dropped += 1
+        posted = self._posted(message, self._seq + 1)
+        if posted is None:
             return None
-        event = MessagePosted(
-            self.name,
-            sender.info,
-            MappingProxyType(dict(message.fields)),
-            self._seq + 1,
-            self._clock(),
-        )
-        # Encoding first: a post that cannot be encoded (too large, not msgpack-able)
-        # raises here and changes nothing.
-        frame = encode_frame(event.to_wire(), max_size=self._max_frame_size)
+        event, frame = posted
         self._seq += 1
         self._history.append(event)
         self._send_all(RoomEventDelivered(event, frame))
@@ -401,19 +391,32 @@ class Room(Service):
 
     @handles(Signal)
     def _signal(self, message: Signal) -> int:
+        event = self._signalled(message)
+        if event is None:
+            return 0
+        delivery = RoomSignalDelivered(event, encode_message(event.to_wire()))
+        return self._send_all(delivery, skip=event.sender.id)
+
+    def _posted(self, message: Post, seq: int) -> tuple[MessagePosted, bytes] | None:
+        """The post as an event numbered `seq` and its frame; None (and counted) if its
+        sender is not a member. Encoding comes first: a post that cannot be encoded (too
+        large, not msgpack-able) raises here and changes nothing."""
         sender = self._members.get(message.sender_id)
         if sender is None:
             self.posts_dropped += 1
-            return 0
-        event = SignalRelayed(
-            self.name,
-            sender.info,
-            message.kind,
-            MappingProxyType(dict(message.fields)),
-            self._clock(),
-        )
-        delivery = RoomSignalDelivered(event, encode_message(event.to_wire()))
-        return self._send_all(delivery, skip=sender.id)
+            return None
+        fields = MappingProxyType(dict(message.fields))
+        event = MessagePosted(self.name, sender.info, fields, seq, self._clock())
+        return event, encode_frame(event.to_wire(), max_size=self._max_frame_size)
+
+    def _signalled(self, message: Signal) -> SignalRelayed | None:
+        """The signal as an event; None (and counted) if its sender is not a member."""
+        sender = self._members.get(message.sender_id)
+        if sender is None:
+            self.posts_dropped += 1
+            return None
+        fields = MappingProxyType(dict(message.fields))
+        return SignalRelayed(self.name, sender.info, message.kind, fields, self._clock())
 
     # -- queries ------------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ own, no TCP port, nothing written to disk.
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -45,8 +46,8 @@ class RedisServer:
         return f"unix://{self.socket_path}" + (f"?{query}" if query else "")
 
     def start(self, timeout: float = 10.0) -> None:
-        """Start the server and return once it answers; `FileNotFoundError` without
-        redis-server, `TimeoutError` if it does not answer within `timeout` seconds."""
+        """Start the server and return once it is ready; `FileNotFoundError` without
+        redis-server, `TimeoutError` if it is not ready within `timeout` seconds."""
         executable = shutil.which("redis-server")
         if executable is None:
             raise FileNotFoundError("redis-server is not installed (Debian: redis-server)")
@@ -54,24 +55,33 @@ class RedisServer:
             self._own_directory = tempfile.TemporaryDirectory(prefix="aiowt-redis-")
             self._directory = Path(self._own_directory.name)
         path = self.socket_path
-        self.process = subprocess.Popen(
-            [
-                executable,
-                *("--port", "0", "--unixsocket", str(path), "--unixsocketperm", "700"),
-                *("--save", "", "--appendonly", "no"),
-                *("--dir", str(self._directory), "--loglevel", "warning"),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        deadline = time.monotonic() + timeout
-        while not self._answers():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"redis-server exited with {self.process.returncode}")
-            if time.monotonic() > deadline:
+        # redis-server says when it is ready (the systemd notify protocol: "READY=1" on
+        # a datagram socket named in NOTIFY_SOCKET): wait for that, not for a poll.
+        ready = self._directory / "ready.sock"
+        ready.unlink(missing_ok=True)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+            notify.bind(str(ready))
+            self.process = subprocess.Popen(
+                [
+                    executable,
+                    *("--port", "0", "--unixsocket", str(path), "--unixsocketperm", "700"),
+                    *("--save", "", "--appendonly", "no", "--supervised", "systemd"),
+                    *("--dir", str(self._directory), "--loglevel", "warning"),
+                ],
+                env={**os.environ, "NOTIFY_SOCKET": str(ready)},
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            deadline = time.monotonic() + timeout
+            try:
+                notify.settimeout(timeout)
+                while b"READY=1" not in notify.recv(4096):
+                    notify.settimeout(max(0.001, deadline - time.monotonic()))
+            except TimeoutError:
                 self.stop()
-                raise TimeoutError(f"redis-server did not answer within {timeout} s")
-            time.sleep(0.01)
+                raise TimeoutError(f"redis-server was not ready within {timeout} s") from None
+            finally:
+                ready.unlink(missing_ok=True)
 
     def stop(self) -> None:
         """Kill the server, as a crash would: nothing saved, every client cut off."""
@@ -96,15 +106,3 @@ class RedisServer:
         traceback: TracebackType | None,
     ) -> None:
         self.stop()
-
-    def _answers(self) -> bool:
-        if not self.socket_path.exists():
-            return False
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:
-            client.settimeout(1.0)
-            try:
-                client.connect(str(self.socket_path))
-                client.sendall(b"PING\r\n")
-                return client.recv(16).startswith(b"+PONG")
-            except OSError:
-                return False
