@@ -206,6 +206,17 @@ async def test_a_gap_in_the_numbering_is_filled_from_the_log(
     assert len(await settled(reader, 5)) == 5  # a duplicate is not delivered twice
 
 
+async def test_garbage_on_a_rooms_channel_is_ignored(cluster: Callable[..., Process]) -> None:
+    a = cluster()
+    room, member = await a.join("junk", "member")
+    await settled(member, 1)
+    for junk in (b"", b"x y", b"7 \xc1", b"8 " + msgpack.packb([1, 2])):
+        room.tell(Published("", junk))
+    assert await ask(room, Post("member", {"text": "still fine"}))
+    events = await settled(member, 2)
+    assert [e.fields["text"] for e in events if isinstance(e, MessagePosted)] == ["still fine"]
+
+
 async def test_signals_cross_processes_and_are_not_stored(cluster: Callable[..., Process]) -> None:
     a, b = cluster(), cluster()
     room_a, typer = await a.join("sig", "typer")

@@ -23,8 +23,8 @@ import pytest
 from aiowt import Handler, HandshakeError, Server, Session, Stream, connect
 from aiowt.actors import ask
 from aiowt.actors.redis_backend import RedisBackend, RedisSlots
-from aiowt.actors.sessions import Listed, Multicast
-from aiowt.middleware import MaxSessions, RateLimit
+from aiowt.actors.sessions import Listed, Multicast, ToUser
+from aiowt.middleware import BearerAuth, MaxSessions, RateLimit, StaticTokens
 from tests.conftest import bounded, start_server_process
 from tests.redis_server import RedisServer
 
@@ -38,7 +38,8 @@ class Idle(Handler):
 
 class Mailbox(Handler):
     """Says its session id; a message ``{"to": id, "text": t}`` on a stream is sent to
-    session `id` through the registry, wherever it is, and the delivery is the reply."""
+    session `id` through the registry, wherever it is, ``{"user": u, "text": t}`` to
+    every session of user `u`; the delivery is the reply."""
 
     async def on_start(self) -> None:
         await super().on_start()
@@ -47,7 +48,11 @@ class Mailbox(Handler):
         self.send_message({"me": self.ctx.session_id})
 
     async def on_message(self, message: Any, stream: Stream | None) -> None:
-        mail = Multicast([message["to"]], {"text": message["text"]}, via="stream")
+        text = {"text": message["text"]}
+        if "user" in message:
+            mail: Any = ToUser(message["user"], text, via="stream")
+        else:
+            mail = Multicast([message["to"]], text, via="stream")
         delivery = await ask(server.services.sessions, mail)
         assert stream is not None
         stream.send_message(dataclasses.asdict(delivery), end_stream=True)
@@ -58,6 +63,8 @@ server = Server()
 server.route("/max", Idle, MaxSessions(MAX_SESSIONS))
 server.route("/ip", Idle, RateLimit(PER_IP))
 server.route("/mail", Mailbox, MaxSessions(100))
+TOKENS = {"ada-token": "ada", "bob-token": "bob"}
+server.route("/signed", Mailbox, BearerAuth(StaticTokens(TOKENS)), MaxSessions(100))
 
 
 class Cluster:
@@ -85,12 +92,14 @@ class Cluster:
             self.ports.append(port)
             self._drains.append(asyncio.create_task(_drain(process)))
 
-    async def open(self, path: str, port: int) -> Session | int:
+    async def open(
+        self, path: str, port: int, headers: tuple[tuple[str, str], ...] = ()
+    ) -> Session | int:
         """A session, or the status that refused it."""
         certificate = self.directory / "cert.pem"
         try:
             session = await connect(
-                f"https://127.0.0.1:{port}{path}", verify=False, timeout=10, headers=()
+                f"https://127.0.0.1:{port}{path}", verify=False, timeout=10, headers=headers
             )
         except HandshakeError as refused:
             return refused.status
@@ -270,3 +279,31 @@ async def test_a_message_reaches_a_session_on_another_process(
         mail = await (await receiver.accept_stream()).receive_message()
     assert (delivery["delivered"], delivery["forwarded"], delivery["missing"]) == (0, 1, 0)
     assert mail == {"text": "across"}
+
+
+async def test_a_message_reaches_every_session_of_a_user_on_every_process(
+    redis_server: RedisServer, cluster_on: Callable[[str], Cluster]
+) -> None:
+    cluster = cluster_on(redis_server.url())
+    await cluster.start(2)
+    signed = {name: (("authorization", f"Bearer {name}-token"),) for name in ("ada", "bob")}
+    here, there = cluster.ports
+    bob = await cluster.open("/signed", here, signed["bob"])
+    ada_here = await cluster.open("/signed", here, signed["ada"])
+    ada_there = await cluster.open("/signed", there, signed["ada"])
+    sessions = [bob, ada_here, ada_there]
+    assert all(isinstance(s, Session) for s in sessions)
+    async with bounded(10):
+        for session in sessions:
+            assert isinstance(session, Session)
+            await (await session.accept_stream()).receive_message()  # listed: its hello
+    assert isinstance(bob, Session)
+    request = bob.open_stream()
+    request.send_message({"user": "ada", "text": "to both of you"}, end_stream=True)
+    async with bounded(10):
+        delivery = await request.receive_message()
+        for session in (ada_here, ada_there):
+            assert isinstance(session, Session)
+            mail = await (await session.accept_stream()).receive_message()
+            assert mail == {"text": "to both of you"}
+    assert (delivery["delivered"], delivery["forwarded"]) == (1, 1)
