@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The editable build warns that ./aiowt shadows the installed package: it is that package.
-	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[dev,prometheus,otel,redis]'
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[dev,prometheus,otel,redis,qh3]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -55,8 +55,11 @@ typecheck: $(STAMP)
 	for pkg in actors middleware transport; do ln -sfn $(CURDIR)/$$pkg $(TYPECHECK)/aiowt/$$pkg; done
 	cd $(TYPECHECK) && MYPYPATH=. $(CURDIR)/$(VENV)/bin/mypy --strict --config-file $(CURDIR)/pyproject.toml -p aiowt
 
+# Everything on the default engine (aioquic), then the end-to-end, reliability and server
+# suites again on qh3 (docs/engines.md says what differs and what the browsers need).
 pytest: $(STAMP) system-packages $(CHAT_VENDOR)
 	$(PY) -m pytest -q
+	AIOWT_ENGINE=qh3 $(PY) -m pytest -q tests/e2e tests/reliability tests/aiowt
 
 test: lint typecheck pytest
 

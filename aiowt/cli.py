@@ -8,6 +8,7 @@ from pathlib import Path
 
 from aiowt.actors.backend import backend_from_url
 from aiowt.transport import UsageError
+from aiowt.transport.engine import ENGINES, get_engine
 from aiowt.transport.tls import generate_self_signed, write_certificate
 
 from ._loading import load_server
@@ -42,6 +43,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "where the shared limits live: memory: (this process, the default) or a Redis"
             " URL (redis://[user:pass@]host[:port][/db], rediss://, unix:///path.sock),"
             " options as ?prefix=&lease=&timeout=&failure=&processes="
+        ),
+    )
+    run.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=None,
+        help=(
+            "the QUIC library: aioquic or qh3 (Rust core; pip install 'aiowt[qh3]')"
+            " (default: the server's, $AIOWT_ENGINE, else aioquic)"
         ),
     )
     run.add_argument(
@@ -104,6 +114,7 @@ def _run(args: argparse.Namespace) -> int:
             backend=args.backend,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
+            engine=args.engine,
         )
 
     server = load_server(args.target)
@@ -111,6 +122,9 @@ def _run(args: argparse.Namespace) -> int:
         server.backend = backend_from_url(args.backend)
     if (args.cert is None) != (args.key is None):
         raise UsageError("--cert and --key go together")
+    if args.engine is not None:
+        get_engine(args.engine)  # its library is installed, or a one-line error
+        server.engine = args.engine
     if args.host is not None:
         server.host = args.host
     if args.port is not None:

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from aioquic.quic.configuration import QuicConfiguration
 
 from aiowt.actors import Handler, Services, run_session
 from aiowt.actors.backend import Backend, InProcess
@@ -34,10 +33,11 @@ from aiowt.transport import (
     UsageError,
     wait_close_delivered,
 )
-from aiowt.transport.endpoint import IncomingSession, Listener, listen, quic_configuration
+from aiowt.transport.endpoint import IncomingSession, Listener, listen
+from aiowt.transport.engine import QuicOptions, check_engine, default_engine
 from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE
 from aiowt.transport.memory import connect_in_memory
-from aiowt.transport.tls import SelfSignedCertificate, generate_self_signed, load_into
+from aiowt.transport.tls import SelfSignedCertificate, generate_self_signed
 
 from .routing import Route, RouteGroup, Router
 
@@ -85,11 +85,17 @@ class Server:
         connection_limits: ConnectionLimits | None = None,
         services: Services | None = None,
         backend: Backend | None = None,
+        engine: str | None = None,
     ) -> None:
+        if engine is not None:
+            check_engine(engine)
         if (cert_file is None) != (key_file is None):
             raise UsageError("give both cert_file and key_file, or neither")
         self.host = host
         self.port = port
+        self.engine = engine or default_engine()
+        """The QUIC library under the server: `aioquic` or `qh3` (default: `$AIOWT_ENGINE`,
+        else aioquic)."""
         self._cert_file = cert_file
         self._key_file = key_file
         self.certificate = certificate
@@ -117,7 +123,7 @@ class Server:
         self._live: dict[Session, asyncio.Future[None]] = {}
         self._stopped: asyncio.Event | None = None
         self._frozen = False
-        self._memory_configuration: QuicConfiguration | None = None
+        self._memory_options: QuicOptions | None = None
         self.on_connect: list[SessionHook] = []
         """Called with the context once a session is accepted, before its handler starts."""
         self.on_disconnect: list[SessionHook] = []
@@ -207,7 +213,7 @@ class Server:
             await asyncio.wait([*self._live.values(), *self._tasks])
 
     # --- running -------------------------------------------------------------------------------
-    def _prepare(self) -> QuicConfiguration:
+    def _prepare(self) -> QuicOptions:
         """Freeze routes and middleware, build the chains once, start and hand out the
         services, load the certificate."""
         if not self._frozen:
@@ -222,14 +228,20 @@ class Server:
             self._services = self._given_services or self.backend.start()
             self._hand_out_services(self._services)
         self._running = True
-        configuration = quic_configuration(is_client=False, idle_timeout=self.idle_timeout)
         if self._cert_file is not None and self._key_file is not None:
-            configuration.load_cert_chain(self._cert_file, self._key_file)
+            cert_pem = Path(self._cert_file).read_bytes()
+            key_pem = Path(self._key_file).read_bytes()
         else:
             if self.certificate is None:
                 self.certificate = generate_self_signed()
-            load_into(configuration, self.certificate.cert_pem, self.certificate.key_pem)
-        return configuration
+            cert_pem, key_pem = self.certificate.cert_pem, self.certificate.key_pem
+        return QuicOptions(
+            is_client=False,
+            idle_timeout=self.idle_timeout,
+            cert_pem=cert_pem,
+            key_pem=key_pem,
+            max_sessions=self.connection_limits.max_sessions_per_connection,
+        )
 
     def _hand_out_services(self, services: Services) -> None:
         """Give the services to each middleware that uses them, named by its place."""
@@ -247,12 +259,13 @@ class Server:
         """Bind, build the chains, and begin accepting. Returns once listening."""
         if self._listener is not None:
             raise UsageError("the server is already started")
-        configuration = self._prepare()
+        options = self._prepare()
         self._listener = await listen(
             self.host,
             self.port,
-            configuration,
+            options,
             self._on_request,
+            engine=self.engine,
             session_options=self._session_options(),
             limits=self.connection_limits,
             reuse_port=self.reuse_port,
@@ -265,6 +278,7 @@ class Server:
             host=host,
             port=port,
             backend=self.backend.location,
+            engine=self.engine,
             routes=[r.pattern for r in self._router.routes()],
             cert_sha256=self.certificate.sha256_hex if self.certificate else None,
         )
@@ -278,12 +292,13 @@ class Server:
         actor and the wire format. The server need not be listening; its routes and
         middleware are frozen by the first call, as by `start()`.
         """
-        if self._memory_configuration is None:
-            self._memory_configuration = self._prepare()
+        if self._memory_options is None:
+            self._memory_options = self._prepare()
         return await connect_in_memory(
-            self._memory_configuration,
+            self._memory_options,
             self._on_request,
             path,
+            engine=self.engine,
             headers=headers,
             session_options=self._session_options(),
             limits=self.connection_limits,

@@ -55,6 +55,7 @@ import structlog
 
 from aiowt.actors.backend import Backend, backend_from_url
 from aiowt.transport import UsageError
+from aiowt.transport.engine import ENGINES, check_engine
 from aiowt.transport.tls import generate_self_signed, write_certificate
 
 from ._loading import load_server
@@ -104,6 +105,7 @@ class Supervisor:
         cert_file: str,
         key_file: str,
         backend: str | None = None,
+        engine: str | None = None,
         shutdown_timeout: float = 10.0,
         python: str = sys.executable,
         snapshot_sockets: Sequence[Path] = (),
@@ -116,6 +118,7 @@ class Supervisor:
         self.cert_file = cert_file
         self.key_file = key_file
         self.backend = backend
+        self.engine = engine
         self.shutdown_timeout = shutdown_timeout
         self.python = python
         self.workers = [_Worker(i) for i in range(workers)]
@@ -149,6 +152,7 @@ class Supervisor:
             "--key",
             self.key_file,
             *(("--backend", self.backend) if self.backend is not None else ()),
+            *(("--engine", self.engine) if self.engine is not None else ()),
         ]
 
     def _spawn(self, worker: _Worker) -> None:
@@ -262,6 +266,7 @@ def supervise(
     backend: str | None = None,
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
+    engine: str | None = None,
 ) -> int:
     """Serve `target` (`MODULE:ATTR`, a `Server`) from `workers` processes. Blocks.
 
@@ -270,8 +275,11 @@ def supervise(
     shared by every worker. `backend` (a URL) replaces the server's own backend in every
     worker; a shared one (Redis) makes the limits cluster-wide. With `metrics_port`,
     ``GET /metrics`` there shows the sum of every worker's metrics
-    (`aiowt.worker_metrics`; 0 picks a free port).
+    (`aiowt.worker_metrics`; 0 picks a free port). `engine` replaces the server's QUIC
+    engine in every worker.
     """
+    if engine is not None:
+        check_engine(engine)
     server = load_server(target)
     if backend is not None:
         backend_from_url(backend)  # a bad URL fails here, once, not in every worker
@@ -315,6 +323,7 @@ def supervise(
             cert_file=cert_file,
             key_file=key_file,
             backend=backend,
+            engine=engine,
             shutdown_timeout=server.shutdown_timeout,
             snapshot_sockets=sockets if gateway is not None else (),
         )
@@ -326,10 +335,18 @@ def supervise(
 
 
 def run_worker(
-    target: str, host: str, port: int, cert_file: str, key_file: str, backend: str | None = None
+    target: str,
+    host: str,
+    port: int,
+    cert_file: str,
+    key_file: str,
+    backend: str | None = None,
+    engine: str | None = None,
 ) -> int:
     """One worker: serve `target` on the shared port until SIGINT/SIGTERM."""
     server = load_server(target)
+    if engine is not None:
+        server.engine = engine
     if backend is not None:
         server.backend = backend_from_url(backend)
     server.backend = _shared_by(server.backend, int(os.environ.get(WORKER_COUNT_ENV, "1")))
@@ -376,13 +393,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--cert", default=None)
     parser.add_argument("--key", default=None)
     parser.add_argument("--backend", default=None, metavar="URL")
+    parser.add_argument("--engine", default=None, choices=ENGINES)
     parser.add_argument("--metrics-port", type=int, default=None)
     parser.add_argument("--metrics-host", default="127.0.0.1")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         if args.worker:
-            return run_worker(args.target, args.host, args.port, args.cert, args.key, args.backend)
+            return run_worker(
+                args.target, args.host, args.port, args.cert, args.key, args.backend, args.engine
+            )
         return supervise(
             args.target,
             workers=args.workers,
@@ -393,6 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             backend=args.backend,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
+            engine=args.engine,
         )
     except UsageError as exc:
         parser.error(str(exc))

@@ -20,6 +20,8 @@ from typing import Any
 
 import pytest
 
+from aiowt.transport.engine import default_engine
+
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -37,6 +39,12 @@ def chromium_path() -> str | None:
 
 
 def require_chromium() -> str:
+    if default_engine() == "qh3":
+        # tests/transport/test_engines.py shows the cause without a browser.
+        pytest.skip(
+            "qh3 2.1 answers a client with empty connection ids (Chromium) to the wrong"
+            " connection id: browsers cannot reach a qh3 server (docs/engines.md)"
+        )
     path = chromium_path()
     if path is None:
         if os.environ.get("CI"):

@@ -4,43 +4,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import hashlib
 import socket
-import ssl
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
-from aioquic.asyncio.server import QuicServer
-from aioquic.h3.connection import H3_ALPN
-from aioquic.quic.configuration import QuicConfiguration
-from aioquic.quic.connection import QuicConnection
-from cryptography.hazmat.primitives.serialization import Encoding
-
-from ._protocol import IncomingSession, OnRequest, WebTransportProtocol
+from ._protocol import WebTransportProtocol
+from .connection import IncomingSession, OnRequest, WebTransportConnection
+from .engine import Engine, EngineConnection, QuicOptions, get_engine
 from .errors import HandshakeError, UsageError
 from .limits import ConnectionLimits
 from .session import Session
 
-__all__ = ["IncomingSession", "Listener", "OnRequest", "connect", "listen", "quic_configuration"]
+__all__ = ["IncomingSession", "Listener", "OnRequest", "connect", "listen"]
 
-DEFAULT_MAX_DATAGRAM_FRAME_SIZE = 65536
 RECEIVE_BUFFER = 4 * 1024 * 1024
 """The kernel default (~212 KB) dropped first-flight packets under handshake load."""
-
-
-def quic_configuration(
-    *, is_client: bool, idle_timeout: float = 30.0, **options: Any
-) -> QuicConfiguration:
-    """A QUIC configuration for HTTP/3 WebTransport (datagrams enabled on both sides)."""
-    return QuicConfiguration(
-        alpn_protocols=H3_ALPN,
-        is_client=is_client,
-        max_datagram_frame_size=DEFAULT_MAX_DATAGRAM_FRAME_SIZE,
-        idle_timeout=idle_timeout,
-        **options,
-    )
 
 
 def _udp_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -61,66 +41,128 @@ def _udp_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-class Listener:
-    """A bound UDP socket accepting QUIC connections, each a `WebTransportProtocol`."""
+class Listener(asyncio.DatagramProtocol):
+    """A bound UDP socket accepting QUIC connections, each a `WebTransportProtocol`.
 
-    def __init__(self, server: QuicServer, transport: asyncio.DatagramTransport) -> None:
-        self._server = server
-        self._transport = transport
+    It routes each datagram by its destination connection id, as the engines' own
+    servers do, so that the connections it makes are engine-neutral glue.
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        options: QuicOptions,
+        on_request: OnRequest,
+        *,
+        session_options: dict[str, Any] | None,
+        limits: ConnectionLimits,
+    ) -> None:
+        self.engine = engine
+        self._config = engine.server_config(options)
+        self._on_request = on_request
+        self._session_options = session_options
+        self._limits = limits
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.DatagramTransport | None = None
+        self._routes: dict[bytes, WebTransportProtocol] = {}
+        self._accepting = True
         self.connections: set[WebTransportProtocol] = set()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        try:
+            cid, may_start, reply = self.engine.route(data, self._config)
+        except ValueError:
+            return  # not QUIC
+        if reply is not None:
+            if self._transport is not None:
+                self._transport.sendto(reply, addr)
+            return
+        protocol = self._routes.get(cid)
+        if protocol is None:
+            if not may_start or self._transport is None:
+                return
+            protocol = self._new_connection(self.engine.server(self._config, cid), cid)
+        protocol.datagram_received(data, addr)
+
+    def _new_connection(self, engine: EngineConnection, cid: bytes) -> WebTransportProtocol:
+        connection = WebTransportConnection(
+            engine,
+            is_client=False,
+            session_options=self._session_options,
+            limits=self._limits,
+            now=self._loop.time(),
+        )
+        connection.accepting = self._accepting
+        protocol = WebTransportProtocol(
+            connection,
+            on_request=self._on_request,
+            on_terminated=self._terminated,
+            on_cid=self._cid_changed,
+        )
+        assert self._transport is not None
+        protocol.connection_made(self._transport)
+        self._routes[cid] = self._routes[engine.host_cid] = protocol
+        self.connections.add(protocol)
+        return protocol
+
+    def _cid_changed(self, protocol: WebTransportProtocol, cid: bytes, issued: bool) -> None:
+        if issued:
+            self._routes[cid] = protocol
+        elif self._routes.get(cid) is protocol:
+            del self._routes[cid]
+
+    def _terminated(self, protocol: WebTransportProtocol) -> None:
+        self.connections.discard(protocol)
+        for cid in [cid for cid, known in self._routes.items() if known is protocol]:
+            del self._routes[cid]
 
     @property
     def address(self) -> tuple[str, int]:
+        assert self._transport is not None
         sockname = self._transport.get_extra_info("sockname")
         return str(sockname[0]), int(sockname[1])
 
     def stop_accepting(self) -> None:
         """New CONNECT requests are answered 503 from now on."""
+        self._accepting = False
         for connection in self.connections:
             connection.accepting = False
-        self._accepting = False
 
     def close(self) -> None:
         """Close every connection (CONNECTION_CLOSE) and the socket."""
         for connection in list(self.connections):
             connection.close()
-        self._server.close()
+            connection.transmit()
+        if self._transport is not None:
+            self._transport.close()
 
 
 async def listen(
     host: str,
     port: int,
-    configuration: QuicConfiguration,
+    options: QuicOptions,
     on_request: OnRequest,
     *,
+    engine: str | None = None,
     session_options: dict[str, Any] | None = None,
     limits: ConnectionLimits | None = None,
     reuse_port: bool = False,
 ) -> Listener:
     """Bind `host:port` and serve WebTransport; `on_request` gets every valid CONNECT."""
     loop = asyncio.get_running_loop()
+    chosen = get_engine(engine)
     sock = _udp_socket(host, port, reuse_port=reuse_port)
-    listener: Listener | None = None
-
-    def create_protocol(quic: QuicConnection, stream_handler: Any = None) -> WebTransportProtocol:
-        assert listener is not None
-        protocol = WebTransportProtocol(
-            quic,
-            stream_handler,
-            on_request=on_request,
-            on_terminated=listener.connections.discard,
-            session_options=session_options,
-            limits=limits or ConnectionLimits(),
-        )
-        protocol.accepting = getattr(listener, "_accepting", True)
-        listener.connections.add(protocol)
-        return protocol
-
-    transport, server = await loop.create_datagram_endpoint(
-        functools.partial(QuicServer, configuration=configuration, create_protocol=create_protocol),
-        sock=sock,
+    listener = Listener(
+        chosen,
+        options,
+        on_request,
+        session_options=session_options,
+        limits=limits or ConnectionLimits(),
     )
-    listener = Listener(server, transport)
+    await loop.create_datagram_endpoint(lambda: listener, sock=sock)
     return listener
 
 
@@ -135,13 +177,15 @@ async def connect(
     timeout: float = 10.0,
     idle_timeout: float = 30.0,
     session_options: dict[str, Any] | None = None,
+    engine: str | None = None,
 ) -> Session:
     """Open a WebTransport session to `url` (`https://host:port/path?query`).
 
     `cert_hash` pins the server certificate's SHA-256 (bytes or hex), as browsers'
     `serverCertificateHashes` does; otherwise the certificate is verified against the
     system store or `ca_file`, unless `verify=False`. A refused handshake raises
-    `HandshakeError` with the server's status and reason.
+    `HandshakeError` with the server's status and reason. `engine` picks the QUIC
+    library (`aioquic` or `qh3`, see `aiowt.transport.engine`).
     """
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
@@ -150,12 +194,14 @@ async def connect(
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     authority = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
     pinned = bytes.fromhex(cert_hash) if isinstance(cert_hash, str) else cert_hash
-
-    configuration = quic_configuration(is_client=True, idle_timeout=idle_timeout, server_name=host)
-    if pinned is not None or not verify:
-        configuration.verify_mode = ssl.CERT_NONE
-    elif ca_file is not None:
-        configuration.load_verify_locations(cafile=ca_file)
+    options = QuicOptions(
+        is_client=True,
+        idle_timeout=idle_timeout,
+        server_name=host,
+        verify=verify and pinned is None,
+        ca_file=ca_file,
+    )
+    quic = get_engine(engine).client(options)
 
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
@@ -163,11 +209,12 @@ async def connect(
     sock = socket.socket(family, socket.SOCK_DGRAM)
     sock.bind(("::", 0) if family == socket.AF_INET6 else ("0.0.0.0", 0))
     sock.setblocking(False)
-    quic = QuicConnection(configuration=configuration)
-    transport, proto = await loop.create_datagram_endpoint(
-        lambda: WebTransportProtocol(quic, session_options=session_options), sock=sock
+    connection = WebTransportProtocol(
+        WebTransportConnection(
+            quic, is_client=True, session_options=session_options, now=loop.time()
+        )
     )
-    connection: WebTransportProtocol = proto
+    transport, _ = await loop.create_datagram_endpoint(lambda: connection, sock=sock)
 
     async def release(abrupt: bool) -> None:
         if not abrupt:
@@ -180,7 +227,7 @@ async def connect(
 
     try:
         async with asyncio.timeout(timeout):
-            connection.connect((address[0], address[1]))
+            connection.connect((str(address[0]), int(address[1])))
             await connection.wait_connected()
             if pinned is not None:
                 _check_pin(quic, pinned)
@@ -193,10 +240,9 @@ async def connect(
     return session
 
 
-def _check_pin(quic: QuicConnection, pinned: bytes) -> None:
-    certificate = quic.tls._peer_certificate
+def _check_pin(quic: EngineConnection, pinned: bytes) -> None:
+    certificate = quic.peer_certificate_der()
     if certificate is None:
         raise HandshakeError(0, "server sent no certificate")
-    actual = hashlib.sha256(certificate.public_bytes(Encoding.DER)).digest()
-    if actual != pinned:
+    if hashlib.sha256(certificate).digest() != pinned:
         raise HandshakeError(0, "server certificate does not match the pinned SHA-256")

@@ -48,7 +48,7 @@ from .framing import (
 from .request import ConnectRequest
 
 if TYPE_CHECKING:
-    from ._protocol import WebTransportProtocol
+    from .connection import WebTransportConnection
 
 __all__ = ["Session", "SessionTap", "Stream", "wait_close_delivered"]
 
@@ -99,6 +99,7 @@ class Stream:
         "_waiter",
         "buffered",
         "opened_locally",
+        "peer_ended",
         "recv_open",
         "session",
         "stream_id",
@@ -114,6 +115,8 @@ class Stream:
         self.opened_locally = opened_locally
         self._send_open = opened_locally or not unidirectional
         self.recv_open = not (unidirectional and opened_locally)
+        self.peer_ended = False
+        """The peer ended its send side (FIN or reset): it sends nothing more."""
         self._chunks: collections.deque[bytes] = collections.deque()
         self.buffered = 0
         self._eof = False
@@ -312,7 +315,7 @@ class Session:
 
     def __init__(
         self,
-        protocol: WebTransportProtocol,
+        protocol: WebTransportConnection,
         session_id: int,
         request: ConnectRequest,
         *,
@@ -577,7 +580,7 @@ async def wait_close_delivered(sessions: Iterable[Session], timeout: float) -> N
     QUIC does not order a session's close capsule before the CONNECTION_CLOSE that may
     follow it, so whoever closes connections after sessions waits for this first.
     """
-    by_connection: dict[WebTransportProtocol, list[int]] = {}
+    by_connection: dict[WebTransportConnection, list[int]] = {}
     for session in sessions:
         by_connection.setdefault(session._protocol, []).append(session.session_id)
     await asyncio.gather(

@@ -92,8 +92,8 @@ async def test_many_streams_leave_no_http3_state_behind(
             assert await stream.read_all() == str(index).encode()
     (connection,) = server.listener.connections
     # Control, encoder, decoder and the CONNECT stream may remain; no data streams.
-    assert len(connection.h3._stream) <= 8
-    assert len(connection._streams) == 0
+    assert len(connection.connection.engine._h3._stream) <= 8  # type: ignore[attr-defined]
+    assert len(connection.connection._streams) == 0
 
 
 async def test_stream_echo_preserves_any_chunking(

@@ -98,8 +98,9 @@ async def test_bearer_auth(
     )
     with capture_logs() as logs:
         missing = await refusal(client, server, "/chat")
+        # 4 KB: qh3's QPACK encoder fails on values of some 6 KB (docs/engines.md).
         huge = await refusal(
-            client, server, "/chat", headers=[("authorization", "Bearer " + "é" * 6000)]
+            client, server, "/chat", headers=[("authorization", "Bearer " + "é" * 2000)]
         )
         wrong = await refusal(
             client, server, "/chat", headers=[("authorization", "Bearer not-the-token")]
@@ -467,13 +468,20 @@ async def test_bad_input_gets_a_clear_status_and_spares_other_sessions(
     bystander = await client(server, "/echo")
     stream = bystander.open_stream()
 
-    oversized = await refusal(client, server, "/chat", headers=[("x-big", "a" * 17_000)])
+    # The bad requests go out on aioquic, whatever the server's engine: qh3's QPACK
+    # encoder cannot send header values past about 6.5 KB (docs/engines.md).
+    bad = {"engine": "aioquic"}
+    oversized = await refusal(client, server, "/chat", headers=[("x-big", "a" * 17_000)], **bad)
     assert (oversized.status, oversized.reason) == (431, "request header block too large")
-    not_utf8 = await refusal(client, server, "/chat", headers=[("x-raw", "ok\udcff\udcfe")])
-    assert (not_utf8.status, not_utf8.reason) == (400, "header is not valid UTF-8")
+    not_utf8 = await refusal(client, server, "/chat", headers=[("x-raw", "ok\udcff\udcfe")], **bad)
+    if server.engine == "qh3":
+        # qh3's QPACK decoder closes the connection over it before aiowt sees a request.
+        assert not_utf8.status == 0
+    else:
+        assert (not_utf8.status, not_utf8.reason) == (400, "header is not valid UTF-8")
     with capture_logs() as logs:
         huge = await refusal(
-            client, server, "/chat", headers=[("authorization", "Bearer " + "?" * 15_000)]
+            client, server, "/chat", headers=[("authorization", "Bearer " + "?" * 15_000)], **bad
         )
         garbled = await refusal(
             client, server, "/chat", headers=[("authorization", "\x01\x02 Bearer")]

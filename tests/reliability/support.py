@@ -106,6 +106,9 @@ class Watch:
 
 def _short(entry: dict[str, Any]) -> str:
     text = repr({k: v for k, v in entry.items() if k != "exc_info"})[:600]
+    exc_info = entry.get("exc_info")
+    if isinstance(exc_info, tuple) and len(exc_info) == 3:
+        text += f" raised {exc_info[1]!r}"
     future = entry.get("future")
     created = getattr(future, "_source_traceback", None)
     if created:  # asyncio debug mode records where a future was made
@@ -171,6 +174,14 @@ def percentile(values: list[float], q: float) -> float:
         return 0.0
     index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
     return ordered[index]
+
+
+def driver(session: Session) -> WebTransportProtocol:
+    """The asyncio glue driving `session`'s connection (the session holds the sans-I/O
+    core; the core's `send_ready` is the glue's)."""
+    glue = getattr(session._protocol.send_ready, "__self__", None)
+    assert isinstance(glue, WebTransportProtocol), glue
+    return glue
 
 
 async def yield_to_loop() -> None:

@@ -45,6 +45,7 @@ from tests.reliability.conftest import Services
 from tests.reliability.support import (
     actor_tasks,
     connections_closed,
+    driver,
     live_objects,
     read_line_starting,
     scaled,
@@ -109,7 +110,7 @@ async def one_session(
     dropped: list[WebTransportProtocol],
 ) -> None:
     session = await connect(url, cert_hash=cert_hash, idle_timeout=2 * IDLE_TIMEOUT)
-    CLIENTS.add(session._protocol)
+    CLIENTS.add(driver(session))
     outcomes["accepted"] += 1
     if ending == "close":
         await talk(session)
@@ -124,8 +125,8 @@ async def one_session(
     elif ending == "drop":
         await talk(session)
         # The UDP socket goes away without a packet: the server hears only silence.
-        drop_socket(session._protocol)
-        dropped.append(session._protocol)
+        drop_socket(driver(session))
+        dropped.append(driver(session))
     outcomes[ending] += 1
 
 

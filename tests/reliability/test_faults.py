@@ -22,7 +22,7 @@ from aiowt.transport import CloseInfo, SessionClosedError, connect
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
 from tests.conftest import ServerFactory, bounded
-from tests.reliability.support import UdpRelay, scaled, watching
+from tests.reliability.support import UdpRelay, driver, scaled, watching
 
 SESSIONS = scaled(6, 24)
 PAYLOAD = scaled(256 * 1024, 2 * 1024 * 1024)
@@ -138,7 +138,7 @@ async def test_closing_a_client_over_a_dead_path_reports_nothing_to_the_loop(
         try:
             session = await connect(f"https://{host}:{port}/echo", cert_hash=certificate.sha256)
             relay.loss_to_server = relay.loss_to_client = 1.0  # the path dies
-            protocol = session._protocol
+            protocol = driver(session)
             async with bounded(10):
                 await session.aclose()
                 await protocol.wait_closed()

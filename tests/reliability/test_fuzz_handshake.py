@@ -33,7 +33,7 @@ from aiowt.transport.capsule import MAX_CAPSULE_SIZE, encode_close
 from aiowt.transport.tls import SelfSignedCertificate
 from examples.echo import Echo
 from tests.conftest import ClientFactory, ServerFactory, bounded
-from tests.reliability.support import RawH3, raw_h3, scaled, watching
+from tests.reliability.support import RawH3, driver, raw_h3, scaled, watching
 
 EXAMPLES = scaled(60, 2_000)
 MAX_HEADER_BYTES = ConnectionLimits().max_header_bytes
@@ -163,12 +163,32 @@ _GOOD: Headers = [
 CLOSE = "connection closed"
 
 
-def expected_verdict(headers: Headers) -> str | int:
-    """The one verdict this request must get (see the module docstring)."""
+def _utf8(raw: bytes) -> bool:
     try:
-        validate_request_headers(headers)
+        raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def expected_verdict(headers: Headers, engine: str = "aioquic") -> str | int:
+    """The one verdict this request must get (see the module docstring) from a server
+    on `engine`."""
+    try:
+        if engine == "qh3":  # each engine's HTTP/3 layer has rules of its own
+            from qh3.h3.connection import MessageError as Qh3MessageError
+            from qh3.h3.connection import validate_request_headers as qh3_validate
+
+            try:
+                qh3_validate(headers)
+            except Qh3MessageError as exc:
+                raise MessageError(str(exc)) from exc
+        else:
+            validate_request_headers(headers)
     except MessageError:
         return CLOSE
+    if engine == "qh3" and not all(_utf8(k) and _utf8(v) for k, v in headers):
+        return CLOSE  # qh3's QPACK decoder closes the connection over it, first
     if sum(len(k) + len(v) for k, v in headers) > MAX_HEADER_BYTES:
         return 431
     try:
@@ -203,7 +223,7 @@ async def one_case(server: Server, cases: list[tuple[Headers, bool]]) -> None:
         for headers, end in cases:
             if raw.terminated is not None:
                 break
-            expected = expected_verdict(headers)
+            expected = expected_verdict(headers, server.engine)
             outcomes.append(Outcome(raw.send_request(headers, end=end), expected, end))
             COUNTS[str(expected)] += 1
             await raw.verdict(outcomes[-1].stream_id)
@@ -290,7 +310,12 @@ def test_every_raw_request_gets_exactly_one_verdict(certificate: SelfSignedCerti
             print(f"handshake fuzz: {dict(COUNTS)}")
             assert server.live_sessions == 0
             for verdict in (CLOSE, "200", "400", "404", "405", "431"):
-                assert COUNTS[verdict] > 0, (verdict, COUNTS)
+                reached = COUNTS[verdict]
+                if verdict == "400" and server.engine == "qh3":
+                    # Most 400s here are for values that are not UTF-8, which qh3 closes
+                    # the connection over; a CONNECT ended with its headers still gets one.
+                    reached += COUNTS["ended: 400"]
+                assert reached > 0, (verdict, COUNTS)
         watch.check(allowed=["refused:"])
 
 
@@ -350,8 +375,8 @@ async def test_resetting_the_connect_stream_ends_the_session(
     Stops.stopped = asyncio.Queue()
     server = await make_server(lambda s: s.route("/echo", Stops))
     session = await client(server, "/echo")
-    session._protocol._quic.reset_stream(session.session_id, 0x10C)  # H3_REQUEST_CANCELLED
-    session._protocol.transmit()
+    driver(session).connection.engine.reset_stream(session.session_id, 0x10C)  # cancelled
+    driver(session).transmit()
     async with bounded(2):
         info = await Stops.stopped.get()
         await server.wait_idle()

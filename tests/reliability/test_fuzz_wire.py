@@ -47,6 +47,7 @@ from tests.conftest import bounded
 from tests.reliability.support import (
     actor_tasks,
     connections_closed,
+    driver,
     scaled,
     watching,
     yield_to_loop,
@@ -398,8 +399,8 @@ def _fuzz(certificate: SelfSignedCertificate, examples: int, *, real_socket: boo
                             # (3 PTO, ~0.1 s) would dominate; close it and check below
                             # that every one of them has terminated.
                             session.close()
-                            session._protocol.close()
-                            closing.append(session._protocol)
+                            driver(session).close()
+                            closing.append(driver(session))
                     await _still_answers(bystander)
 
             bystander = runner.run(open_session())
@@ -506,34 +507,34 @@ async def test_late_data_on_an_aborted_stream_leaves_the_connection_alone() -> N
     server.route("/a", Recording)
     server.route("/b", Recording)
     first = await server.connect_in_memory("/a")
-    client = first._protocol
+    client = driver(first)
     # A second session on the same QUIC connection, as browsers pool them.
     second = await client.open_session("localhost", "/b", [], "webtransport")
-    server_side = first._protocol._transport.peer  # type: ignore[attr-defined]
+    to_server = client._transport
+    server_side = to_server.peer.protocol  # type: ignore[union-attr]
+    engine = client.connection.engine
     try:
         async with bounded(10):
             # Hold everything the server sends, so the client cannot learn of the abort
             # (like a packet still in flight toward it).
-            server_side._transport.peer = None
-            raw = client.h3.create_webtransport_stream(first.session_id)
-            client._quic.send_stream_data(raw, b"\x00\x00\x00\x00")  # an empty frame: malformed
+            server_side._transport.peer = None  # type: ignore[union-attr]
+            raw = engine.open_wt_stream(first.session_id, unidirectional=False)
+            engine.send_stream_data(raw, b"\x00\x00\x00\x00", False)  # an empty frame: malformed
             client.transmit()
             assert await Recording.stopped.get() == "/a"  # the server closed /a, aborted `raw`
             # The peer's next bytes on `raw` were already on their way.
-            client._quic.send_stream_data(raw, b"\x00\x00\x00\x01\xc0")
+            engine.send_stream_data(raw, b"\x00\x00\x00\x01\xc0", False)
             second.send_datagram(encode_message("after"))
             client.transmit()
             assert await Recording.seen.get() == "after"
             assert not server_side.is_closed
-            assert server_side._quic._close_event is None
-            server_side._transport.peer = client
+            server_side._transport.peer = to_server  # type: ignore[union-attr]
             second.send_datagram(encode_message("still there?"))
             # The echo of "after" may have been sent while the path was held (and lost).
             while (reply := decode_message(await second.receive_datagram())) != "still there?":
                 assert reply == "after"
     finally:
-        if server_side._transport.peer is None:
-            server_side._transport.peer = client
+        server_side._transport.peer = to_server  # type: ignore[union-attr]
         await first.aclose()
         await server.shutdown()
 

@@ -166,7 +166,7 @@ class Feed(Handler):
             return True
         if isinstance(message, Datagrams):
             sent = sum(self.session.send_datagram(b"d" * 100) for _ in range(message.count))
-            pending = len(self.session._protocol._quic._datagrams_pending)
+            pending = self.session._protocol.engine.pending_datagrams()
             return sent, self.session.datagrams_dropped_out, pending
         return None
 

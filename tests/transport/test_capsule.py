@@ -6,7 +6,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from aiowt.transport._protocol import app_to_h3_code, h3_to_app_code
 from aiowt.transport.capsule import (
     Capsule,
     CapsuleDecoder,
@@ -15,6 +14,7 @@ from aiowt.transport.capsule import (
     encode_close,
     encode_drain,
 )
+from aiowt.transport.connection import app_to_h3_code, h3_to_app_code
 from aiowt.transport.errors import PeerError
 
 

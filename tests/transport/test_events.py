@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from aiowt.transport import Session, SessionTap, StreamClosedError, StreamErrorCode, UsageError
-from aiowt.transport.endpoint import IncomingSession, quic_configuration
+from aiowt.transport.endpoint import IncomingSession
+from aiowt.transport.engine import QuicOptions
 from aiowt.transport.events import (
     DatagramReceived,
     DatagramSent,
@@ -27,7 +28,7 @@ from aiowt.transport.events import (
     StreamOpened,
 )
 from aiowt.transport.memory import connect_in_memory
-from aiowt.transport.tls import SelfSignedCertificate, load_into
+from aiowt.transport.tls import SelfSignedCertificate
 from tests.conftest import bounded
 
 Veto = Callable[[SessionEvent], bool]
@@ -76,8 +77,9 @@ async def pair(
     certificate: SelfSignedCertificate, request: pytest.FixtureRequest
 ) -> AsyncIterator[Pair]:
     veto: Veto = getattr(request, "param", lambda event: False)
-    configuration = quic_configuration(is_client=False)
-    load_into(configuration, certificate.cert_pem, certificate.key_pem)
+    options = QuicOptions(
+        is_client=False, cert_pem=certificate.cert_pem, key_pem=certificate.key_pem
+    )
     accepted: asyncio.Queue[tuple[Session, Recorder, Sink]] = asyncio.Queue()
 
     def on_request(incoming: IncomingSession) -> None:
@@ -87,7 +89,7 @@ async def pair(
         session.attach(sink)
         accepted.put_nowait((session, tap, sink))
 
-    client = await connect_in_memory(configuration, on_request, "/events")
+    client = await connect_in_memory(options, on_request, "/events")
     async with bounded():
         server, tap, sink = await accepted.get()
     yield Pair(client, server, tap, sink)

@@ -1,0 +1,318 @@
+"""What the two engines share: an `EngineConnection` over an aioquic-shaped library.
+
+qh3 is a fork of aioquic: the same sans-I/O `QuicConnection` and the same HTTP/3 layer
+in Python, on a Rust QUIC core. So one class turns either's QUIC and HTTP/3 events into
+`EngineEvent`s, using their public API only; each engine module supplies its event
+classes and the few answers that need its internals (`_Library`, and the methods left
+to subclasses).
+
+What the HTTP/3 layers leave out or get wrong for WebTransport (measured in
+../shared/aioquic-notes.md) is handled here, once: bytes on a bidirectional stream this
+side opened bypass the HTTP/3 parser (which would mangle them or close the
+connection); streams forgotten while the peer may still send keep bypassing it, their
+late bytes dropped; resets and STOP_SENDING are reported for every stream.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from .engine import (
+    Address,
+    CidIssued,
+    CidRetired,
+    ConnectDataReceived,
+    EngineEvent,
+    HandshakeDone,
+    HeadersReceived,
+    SettingsReceived,
+    StreamAborted,
+    Terminated,
+    WtDatagramReceived,
+    WtStreamDataReceived,
+)
+from .errors import UsageError
+
+__all__ = ["WT_SETTINGS", "H3Adapter", "varint_size", "wt_settings"]
+
+log = structlog.get_logger("aiowt.transport")
+
+_INTERNAL_ERROR = 0x1
+ENABLE_CONNECT_PROTOCOL = 0x8
+WT_MAX_SESSIONS = (0xC671706A, 0x14E9CD29)
+"""Draft-07 and draft-13+ codepoints: Safari 26.4+ and draft-15 stacks need one of them."""
+WT_ENABLED = 0x2C7CF000
+WT_INITIAL_MAX_DATA = 0x2B61
+WT_INITIAL_MAX_STREAMS_UNI = 0x2B64
+WT_INITIAL_MAX_STREAMS_BIDI = 0x2B65
+_UNLIMITED = (1 << 62) - 1
+"""No WebTransport-level flow control is enforced: QUIC's own limits the peer's streams
+and bytes, so the session-level initial limits are advertised as unbounded (a peer of
+the later drafts that saw none would assume 0 and open nothing)."""
+WT_SETTINGS = (
+    WT_ENABLED,
+    WT_INITIAL_MAX_DATA,
+    WT_INITIAL_MAX_STREAMS_UNI,
+    WT_INITIAL_MAX_STREAMS_BIDI,
+    *WT_MAX_SESSIONS,
+)
+
+
+def varint_size(value: int) -> int:
+    """Bytes a QUIC variable-length integer takes for `value`."""
+    return 1 if value < 1 << 6 else 2 if value < 1 << 14 else 4 if value < 1 << 30 else 8
+
+
+def wt_settings(max_sessions: int) -> dict[int, int]:
+    """The settings advertised beside a library's own draft-02 WebTransport ones."""
+    settings = dict.fromkeys(WT_MAX_SESSIONS, max_sessions)
+    settings[ENABLE_CONNECT_PROTOCOL] = 1
+    settings[WT_ENABLED] = 1
+    settings[WT_INITIAL_MAX_DATA] = _UNLIMITED
+    settings[WT_INITIAL_MAX_STREAMS_UNI] = _UNLIMITED
+    settings[WT_INITIAL_MAX_STREAMS_BIDI] = _UNLIMITED
+    return settings
+
+
+@dataclass(frozen=True)
+class _Library:
+    """The classes of one aioquic-shaped library the adapter dispatches on."""
+
+    h3_alpn: tuple[str, ...]
+    stream_gone: tuple[type[BaseException], ...]
+    """What the library raises for an operation on a stream that ended or is unknown."""
+    cannot_encode: tuple[type[BaseException], ...]
+    """What its QPACK encoder raises for a header block it cannot encode."""
+    closing: tuple[type[BaseException], ...]
+    """What a send raises once the connection is closing (before it has terminated and
+    aiowt ended its sessions): such a send is lost, as on a connection that is gone."""
+    protocol_negotiated: type[Any]
+    handshake_completed: type[Any]
+    connection_terminated: type[Any]
+    cid_issued: type[Any]
+    cid_retired: type[Any]
+    stream_data: type[Any]
+    stream_reset: type[Any]
+    stop_sending: type[Any]
+    h3_headers: type[Any]
+    h3_data: type[Any]
+    h3_datagram: type[Any]
+    h3_wt_stream_data: type[Any]
+
+
+class H3Adapter:
+    """One QUIC connection of an aioquic-shaped library, seen through the engine seam."""
+
+    name: str
+    library: _Library
+
+    def __init__(self, quic: Any, max_sessions: int) -> None:
+        self._quic = quic
+        self._max_sessions = max_sessions
+        self._h3: Any = None
+        self._events: collections.deque[EngineEvent] = collections.deque()
+        self._raw_bidi: set[int] = set()
+        self._discarded: set[int] = set()
+        self._settings_seen = False
+        self._started = False
+        """aioquic has no timer to answer for until the first packet goes either way."""
+        self.host_cid: bytes = quic.host_cid
+
+    # --- what each library answers in its own way ---------------------------------------
+    def _make_h3(self) -> Any:
+        raise NotImplementedError
+
+    def _drop_h3_state(self, stream_id: int) -> None:
+        raise NotImplementedError
+
+    def _datagram_session(self, event: Any) -> int:
+        raise NotImplementedError
+
+    def send_wt_datagram(self, session_id: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def _can_send(self, stream_id: int) -> bool:
+        raise NotImplementedError
+
+    def _can_receive(self, stream_id: int) -> bool:
+        raise NotImplementedError
+
+    # --- sans-I/O -----------------------------------------------------------------------
+    def connect(self, addr: Address, now: float) -> None:
+        self._started = True
+        self._quic.connect(addr, now=now)
+        self._pump()
+
+    def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        self._started = True
+        try:
+            self._quic.receive_datagram(data, addr, now)
+        except Exception as exc:
+            self._fail(exc)
+        self._pump()
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
+        sent: list[tuple[bytes, Address]] = self._quic.datagrams_to_send(now=now)
+        return sent
+
+    def get_timer(self) -> float | None:
+        if not self._started:
+            return None
+        timer: float | None = self._quic.get_timer()
+        return timer
+
+    def handle_timer(self, now: float) -> None:
+        try:
+            self._quic.handle_timer(now)
+        except Exception as exc:
+            self._fail(exc)
+        self._pump()
+
+    def _fail(self, exc: Exception) -> None:
+        """The library raised where it should have reported: close this connection
+        (INTERNAL_ERROR, the error named) rather than let it reach the event loop."""
+        log.warning("QUIC engine error: connection closed", engine=self.name, error=repr(exc))
+        with contextlib.suppress(Exception):
+            self._quic.close(error_code=_INTERNAL_ERROR, reason_phrase=f"{self.name}: {exc}")
+
+    def next_event(self) -> EngineEvent | None:
+        return self._events.popleft() if self._events else None
+
+    def close(self, error_code: int, reason: str) -> None:
+        self._quic.close(error_code=error_code, reason_phrase=reason)
+        self._pump()
+
+    # --- HTTP/3 -------------------------------------------------------------------------
+    def next_request_stream_id(self) -> int:
+        stream_id: int = self._quic.get_next_available_stream_id()
+        return stream_id
+
+    def send_headers(
+        self, stream_id: int, headers: list[tuple[bytes, bytes]], end_stream: bool = False
+    ) -> None:
+        try:
+            self._h3.send_headers(stream_id, headers, end_stream=end_stream)
+        except self.library.cannot_encode as exc:
+            size = sum(len(name) + len(value) for name, value in headers)
+            raise UsageError(
+                f"the {self.name} engine cannot encode this {size}-byte header block"
+                f" ({exc.__cause__ or exc}): send smaller header values"
+            ) from exc
+        except self.library.stream_gone:
+            pass
+
+    def send_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        with contextlib.suppress(*self.library.stream_gone):
+            self._h3.send_data(stream_id, data, end_stream=end_stream)
+
+    @property
+    def received_settings(self) -> dict[int, int] | None:
+        if self._h3 is None:
+            return None
+        settings: dict[int, int] | None = self._h3.received_settings
+        return settings
+
+    # --- WebTransport streams -----------------------------------------------------------
+    def open_wt_stream(self, session_id: int, unidirectional: bool) -> int:
+        stream_id: int = self._h3.create_webtransport_stream(
+            session_id, is_unidirectional=unidirectional
+        )
+        if not unidirectional:
+            self._raw_bidi.add(stream_id)
+        return stream_id
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool) -> None:
+        with contextlib.suppress(*self.library.closing):
+            self._quic.send_stream_data(stream_id, data, end_stream)
+
+    def reset_stream(self, stream_id: int, h3_code: int) -> None:
+        with contextlib.suppress(*self.library.stream_gone):
+            if self._can_send(stream_id):
+                self._quic.reset_stream(stream_id, h3_code)
+
+    def stop_stream(self, stream_id: int, h3_code: int) -> None:
+        with contextlib.suppress(*self.library.stream_gone):
+            if self._can_receive(stream_id):
+                self._quic.stop_stream(stream_id, h3_code)
+
+    def forget_stream(self, stream_id: int, peer_may_send: bool) -> None:
+        self._raw_bidi.discard(stream_id)
+        if self._h3 is not None:
+            # The HTTP/3 layer keeps state for peer-opened streams until it sees both
+            # directions end, and it never sees ours: drop it here or it leaks.
+            self._drop_h3_state(stream_id)
+        if peer_may_send:
+            self._discarded.add(stream_id)
+
+    # --- events -------------------------------------------------------------------------
+    def _pump(self) -> None:
+        quic = self._quic
+        while (event := quic.next_event()) is not None:
+            self._quic_event(event)
+        if not self._settings_seen and self._h3 is not None:
+            settings = self._h3.received_settings
+            if settings is not None:
+                self._settings_seen = True
+                self._events.append(SettingsReceived(dict(settings)))
+
+    def _quic_event(self, event: Any) -> None:
+        lib = self.library
+        emit = self._events.append
+        if isinstance(event, lib.stream_data):
+            sid = event.stream_id
+            if sid in self._discarded:
+                if event.end_stream:
+                    self._discarded.discard(sid)
+                return
+            if sid in self._raw_bidi:
+                emit(WtStreamDataReceived(sid, None, event.data, event.end_stream))
+                return
+        elif isinstance(event, lib.stream_reset | lib.stop_sending):
+            sid = event.stream_id
+            reset = isinstance(event, lib.stream_reset)
+            if sid in self._discarded:
+                if reset:
+                    self._discarded.discard(sid)
+                return
+            emit(StreamAborted(sid, event.error_code, reset))
+        elif isinstance(event, lib.protocol_negotiated):
+            if event.alpn_protocol in lib.h3_alpn:
+                self._h3 = self._make_h3()
+            return
+        elif isinstance(event, lib.handshake_completed):
+            emit(HandshakeDone())
+            return
+        elif isinstance(event, lib.connection_terminated):
+            emit(Terminated(event.error_code, event.reason_phrase or ""))
+            return
+        elif isinstance(event, lib.cid_issued):
+            emit(CidIssued(event.connection_id))
+            return
+        elif isinstance(event, lib.cid_retired):
+            emit(CidRetired(event.connection_id))
+            return
+        if self._h3 is None:
+            return
+        for h3_event in self._h3.handle_event(event):
+            self._h3_event(h3_event)
+
+    def _h3_event(self, event: Any) -> None:
+        lib = self.library
+        emit = self._events.append
+        if isinstance(event, lib.h3_wt_stream_data):
+            emit(
+                WtStreamDataReceived(
+                    event.stream_id, event.session_id, event.data, event.stream_ended
+                )
+            )
+        elif isinstance(event, lib.h3_datagram):
+            emit(WtDatagramReceived(self._datagram_session(event), event.data))
+        elif isinstance(event, lib.h3_headers):
+            emit(HeadersReceived(event.stream_id, list(event.headers), event.stream_ended))
+        elif isinstance(event, lib.h3_data):
+            emit(ConnectDataReceived(event.stream_id, event.data, event.stream_ended))
