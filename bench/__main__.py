@@ -3,6 +3,9 @@
     python -m bench                      # the full run; writes docs/performance.md
     python -m bench --quick              # tiny counts, one repetition (what `make test` runs)
     python -m bench --scenario datagram_echo --servers raw,aiowt-stack --reps 3
+    python -m bench --servers raw-qh3,aiowt-stack-qh3 --no-actors --no-scale   # qh3 only
+    python -m bench --no-transport --no-actors --no-scale --hold 1000 \
+        --servers raw,aiowt-stack,raw-qh3,aiowt-stack-qh3   # memory per held session only
 
 Servers run in processes of their own, the load client in another; repetitions
 interleave the servers (rotating their order) so that a noisy neighbour hurts all of
@@ -27,9 +30,13 @@ from . import report
 from ._proc import log as _log
 from ._proc import machine, run_json
 from .scenarios import SCENARIOS
-from .servers import REPO, SERVER_KINDS, ServerProcess, pywebtransport_python
+from .servers import REPO, SERVER_KINDS, ServerProcess, engine_of, pywebtransport_python
 
 RESULTS = REPO / "bench" / "results"
+FULL_KINDS = ("raw", "aiowt-bare", "aiowt-stack", "raw-qh3", "aiowt-stack-qh3", "pywebtransport")
+QUICK_KINDS = ("raw", "aiowt-bare", "aiowt-stack")
+"""Quick stays on aioquic: it proves the harness runs, and tests/bench pins its servers."""
+HOLD_KINDS = ("raw", "aiowt-stack", "raw-qh3", "aiowt-stack-qh3")
 
 
 def _client_argv(
@@ -78,7 +85,7 @@ def run_transport(
     try:
         for server in servers:
             server.start()
-            if server.kind == "aiowt-stack":
+            if server.kind in ("aiowt-stack", "aiowt-stack-qh3") and not stack_info:
                 stack_info = server.info
         for rep in range(reps):
             order = servers[rep % len(servers) :] + servers[: rep % len(servers)]
@@ -136,7 +143,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, help="repetitions (default 5, quick 1)")
     parser.add_argument("--out", type=Path, help="the report (default docs/performance.md)")
     parser.add_argument("--json", type=Path, help="raw results (default bench/results/…)")
-    parser.add_argument("--hold", type=int, help="real concurrent sessions (default 1000)")
+    parser.add_argument(
+        "--hold",
+        type=int,
+        help="real concurrent sessions (default 1000); given, the hold runs even with --no-scale",
+    )
     parser.add_argument("--no-transport", action="store_true")
     parser.add_argument("--no-actors", action="store_true")
     parser.add_argument("--no-scale", action="store_true")
@@ -154,9 +165,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if unknown:
             parser.error(f"unknown servers: {', '.join(sorted(unknown))}")
     else:
-        kinds = ["raw", "aiowt-bare", "aiowt-stack"] + ([] if quick else ["pywebtransport"])
+        kinds = list(QUICK_KINDS if quick else FULL_KINDS)
     if "raw" not in kinds:
         kinds.insert(0, "raw")  # every ratio is to raw aioquic
+    if any(engine_of(k) == "qh3" for k in kinds) and "raw-qh3" not in kinds:
+        kinds.insert(1, "raw-qh3")  # and the qh3 kinds' to raw qh3 too
     out = args.out or (RESULTS / "quick.md" if quick else REPO / "docs" / "performance.md")
     stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%dT%H%M%SZ")
     json_path = args.json or RESULTS / f"{'quick' if quick else 'full'}-{stamp}.json"
@@ -210,8 +223,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 [sys.executable, "-m", "bench.scale"] + (["--quick"] if quick else []), 600
             )
             results["scale"] = rows[0] if rows else {}
+        if not args.no_scale or args.hold:
             hold = args.hold or (30 if quick else 1000)
-            results["hold"] = run_hold(["raw", "aiowt-stack"], hold, cert, log_dir)
+            # Each aiowt stack beside its raw engine: the memory target compares the two.
+            held = [k for k in HOLD_KINDS if k in kinds or k in ("raw", "aiowt-stack")]
+            results["hold"] = run_hold(held, hold, cert, log_dir)
         if args.profile:
             from .profile import profile_server
 

@@ -100,6 +100,8 @@ def _cell(medians: dict[str, Any], kind: str, scenario: str, key: str) -> float 
 
 
 def render(results: dict[str, Any]) -> str:
+    from .report_engines import engine_lines  # it imports this module's helpers
+
     lines: list[str] = []
     add = lines.append
     m = results.get("machine", {})
@@ -271,17 +273,20 @@ def render(results: dict[str, Any]) -> str:
         if "pywebtransport" in medians:
             add("## aiowt against pywebtransport (median rate ratio, aiowt ÷ pywebtransport)")
             add("")
-            add("| scenario | aiowt, no middleware | aiowt, recommended stack |")
-            add("| --- | --- | --- |")
+            ours = [k for k in kinds if k.startswith("aiowt")]
+            add("| scenario | " + " | ".join(SERVER_TITLES[k] for k in ours) + " |")
+            add("|" + " --- |" * (1 + len(ours)))
             pwt = medians["pywebtransport"]
             for name, scenario in SCENARIOS.items():
                 base = pwt.get(name, {}).get("value")
                 cells = []
-                for kind in ("aiowt-bare", "aiowt-stack"):
+                for kind in ours:
                     value = medians.get(kind, {}).get(name, {}).get("value")
                     cells.append(f"{_fmt(_ratio(value, base, scenario.higher_is_better))}x")
                 add(f"| {scenario.title} | " + " | ".join(cells) + " |")
             add("")
+
+    lines += engine_lines(results, medians)
 
     if actors:
         add("## Actor layer alone (one process, one loop)")

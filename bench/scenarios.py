@@ -3,7 +3,8 @@
 Every scenario is bounded in count and in time (`deadline`), talks to 127.0.0.1 only,
 and returns a flat dict of measurements. The primary figure of each (`metric`) is what
 the report turns into a ratio to raw aioquic. The client is aiowt's own Python client
-(`aiowt.transport.connect`), the same for every server.
+(`aiowt.transport.connect`) on aioquic, the same for every server, qh3 ones included
+(`CLIENT_ENGINE`: never taken from $AIOWT_ENGINE, so the load is the same in every run).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 from aiowt.transport import Session, connect
 
 Progress = Callable[[int, int], None]
+CLIENT_ENGINE = "aioquic"
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,7 @@ class Target:
             cert_hash=self.cert_hash,
             protocol=self.protocol,
             timeout=10,
+            engine=CLIENT_ENGINE,
         )
 
 

@@ -6,6 +6,9 @@
   Recover, RequestID, Logger, RateLimit, BearerAuth, MaxSessions.
 - `pywebtransport`: pywebtransport 0.21 (Rust QUIC core) under Python >= 3.12, where an
   interpreter with it installed can be found or made (`pywebtransport_python`).
+- `raw-qh3`, `aiowt-bare-qh3`, `aiowt-stack-qh3`: the same three on the qh3 engine
+  (aioquic's API on a Rust QUIC core): `bench/raw_server.py --engine qh3`, and aiowt's
+  `Server(engine="qh3")`.
 
 A server process prints `READY <port>` on stdout once it listens. Run one by hand with
 `python -m bench.servers aiowt-stack --port 4433 --cert cert.pem --key key.pem`.
@@ -43,13 +46,35 @@ CLIENT_HEADERS = (("authorization", f"Bearer {BENCH_TOKEN}"),)
 STACK_LIMIT = 1_000_000
 """Per-IP and global caps of the stack: every load session comes from 127.0.0.1."""
 
-SERVER_KINDS = ("raw", "aiowt-bare", "aiowt-stack", "pywebtransport")
+SERVER_KINDS = (
+    "raw",
+    "aiowt-bare",
+    "aiowt-stack",
+    "raw-qh3",
+    "aiowt-bare-qh3",
+    "aiowt-stack-qh3",
+    "pywebtransport",
+)
 SERVER_TITLES = {
     "raw": "raw aioquic",
     "aiowt-bare": "aiowt, no middleware",
     "aiowt-stack": "aiowt, recommended stack",
+    "raw-qh3": "raw qh3",
+    "aiowt-bare-qh3": "aiowt on qh3, no middleware",
+    "aiowt-stack-qh3": "aiowt on qh3, recommended stack",
     "pywebtransport": "pywebtransport 0.21 (Rust core)",
 }
+QH3_SUFFIX = "-qh3"
+
+
+def engine_of(kind: str) -> str:
+    """The QUIC engine a server kind runs on: `qh3` for `*-qh3`, else `aioquic`."""
+    return "qh3" if kind.endswith(QH3_SUFFIX) else "aioquic"
+
+
+def base_kind(kind: str) -> str:
+    """The kind with its engine suffix removed: `aiowt-stack-qh3` -> `aiowt-stack`."""
+    return kind.removesuffix(QH3_SUFFIX)
 
 
 # ---------------------------------------------------------------------------------------
@@ -320,9 +345,11 @@ def build_aiowt_server(
 ) -> tuple[Any, Stack]:
     from aiowt import Server
 
-    server = Server(host=host, port=port, cert_file=cert, key_file=key)
+    # The engine is named from the kind, never left to $AIOWT_ENGINE: "aiowt-stack" is
+    # aioquic even when the environment says otherwise.
+    server = Server(host=host, port=port, cert_file=cert, key_file=key, engine=engine_of(kind))
     stack = Stack()
-    if kind == "aiowt-stack":
+    if base_kind(kind) == "aiowt-stack":
         stack = recommended_stack()
         only = os.environ.get("AIOWT_BENCH_STACK")
         if only:  # a diagnostic: the named parts only, e.g. "RateLimit,MaxSessions"
@@ -358,7 +385,7 @@ async def _serve_aiowt(
 
 def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="run one aiowt bench server")
-    parser.add_argument("kind", choices=("aiowt-bare", "aiowt-stack"))
+    parser.add_argument("kind", choices=[k for k in SERVER_KINDS if k.startswith("aiowt")])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--cert", required=True)
@@ -417,19 +444,26 @@ def _has_pywebtransport(python: str) -> bool:
 
 
 def _find_python312() -> str | None:
-    for name in ("python3.13", "python3.12"):
-        found = shutil.which(name)
-        if found:
-            return found
+    candidates = [shutil.which(name) for name in ("python3.13", "python3.12")]
     root = Path(os.environ.get("PYENV_ROOT", Path.home() / ".pyenv")) / "versions"
     if root.is_dir():
         for version in sorted(root.iterdir(), reverse=True):
             parts = version.name.split(".")
             if len(parts) >= 2 and parts[0] == "3" and parts[1].isdigit() and int(parts[1]) >= 12:
-                python = version / "bin" / "python"
-                if python.exists():
-                    return str(python)
+                candidates.append(str(version / "bin" / "python"))
+    for python in candidates:
+        # A pyenv shim is on PATH even when its version is not active, and then fails.
+        if python and Path(python).exists() and _runs(python):
+            return python
     return None
+
+
+def _runs(python: str) -> bool:
+    try:
+        done = subprocess.run([python, "-c", "pass"], capture_output=True, timeout=30)
+    except (subprocess.SubprocessError, OSError):
+        return False
+    return done.returncode == 0
 
 
 class ServerProcess:
@@ -440,8 +474,9 @@ class ServerProcess:
         self.title = SERVER_TITLES[kind]
         self.log_path = log_dir / f"server-{kind}.log"
         common = ["--host", "127.0.0.1", "--port", "0", "--cert", cert, "--key", key]
-        if kind == "raw":
-            self.argv = [sys.executable, "-m", "bench.raw_server", *common]
+        if base_kind(kind) == "raw":
+            engine = ["--engine", engine_of(kind)]
+            self.argv = [sys.executable, "-m", "bench.raw_server", *engine, *common]
         elif kind == "pywebtransport":
             self.argv = [pwt_python, str(REPO / "bench" / "pwt_server.py"), *common]
         else:
