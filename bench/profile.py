@@ -24,6 +24,7 @@ PROFILED = ("sessions_conc", "datagram_echo", "stream_throughput")
 
 _PARTS = {
     "aioquic": "aioquic (QUIC, TLS, HTTP/3)",
+    "qh3": "qh3 (its Python layer and Rust core)",
     "transport": "aiowt transport",
     "actors": "aiowt actors",
     "middleware": "aiowt middleware",
@@ -100,15 +101,18 @@ def summarize(raw: str) -> dict[str, Any]:
     }
 
 
-def profile_server(cert: tuple[str, str, str], log_dir: Path) -> dict[str, Any]:
+def profile_server(
+    cert: tuple[str, str, str], log_dir: Path, kind: str = "aiowt-stack"
+) -> dict[str, Any]:
+    """Profile the `kind` server (an aiowt kind of `bench.servers`) in each scenario."""
     py_spy = _py_spy()
     if py_spy is None:
         return {"note": "py-spy not installed: `pip install py-spy` to profile"}
     cert_file, key_file, cert_hash = cert
     results: dict[str, Any] = {}
     for scenario in PROFILED:
-        server = ServerProcess("aiowt-stack", cert_file, key_file, log_dir=log_dir)
-        out = log_dir / f"profile-{scenario}.txt"
+        server = ServerProcess(kind, cert_file, key_file, log_dir=log_dir)
+        out = log_dir / f"profile-{kind}-{scenario}.txt"
         spy: subprocess.Popen[bytes] | None = None
         try:
             server.start()

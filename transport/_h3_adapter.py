@@ -2,9 +2,11 @@
 
 qh3 is a fork of aioquic: the same sans-I/O `QuicConnection` and the same HTTP/3 layer
 in Python, on a Rust QUIC core. So one class turns either's QUIC and HTTP/3 events into
-`EngineEvent`s, using their public API only; each engine module supplies its event
-classes and the few answers that need its internals (`_Library`, and the methods left
-to subclasses).
+`EngineEvent`s, and one `H3Engine` makes either's connections; each engine module supplies its event
+classes and the few answers that need its internals (`Library`, and the methods left
+to subclasses). Three private names the two share are used here, once: the
+connection's `_stream_can_send`, the HTTP/3 layer's `_stream` table (dropped per stream,
+or it leaks) and its `_get_local_settings` (to advertise more settings).
 
 What the HTTP/3 layers leave out or get wrong for WebTransport (measured in
 ../shared/aioquic-notes.md) is handled here, once: bytes on a bidirectional stream this
@@ -17,7 +19,10 @@ from __future__ import annotations
 
 import collections
 import contextlib
-from dataclasses import dataclass
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Any
 
 import structlog
@@ -30,6 +35,7 @@ from .engine import (
     EngineEvent,
     HandshakeDone,
     HeadersReceived,
+    QuicOptions,
     SettingsReceived,
     StreamAborted,
     Terminated,
@@ -38,7 +44,15 @@ from .engine import (
 )
 from .errors import UsageError
 
-__all__ = ["WT_SETTINGS", "H3Adapter", "varint_size", "wt_settings"]
+__all__ = [
+    "WT_SETTINGS",
+    "H3Adapter",
+    "H3Engine",
+    "Library",
+    "varint_size",
+    "with_wt_settings",
+    "wt_settings",
+]
 
 log = structlog.get_logger("aiowt.transport")
 
@@ -80,36 +94,148 @@ def wt_settings(max_sessions: int) -> dict[int, int]:
 
 
 @dataclass(frozen=True)
-class _Library:
-    """The classes of one aioquic-shaped library the adapter dispatches on."""
+class Library:
+    """One aioquic-shaped library: the classes the adapter makes and dispatches on."""
 
+    name: str
+    quic_connection: type[Any]
+    """The QuicConnection class to make (qh3's carries aiowt's workaround)."""
+    configuration: type[Any]
+    h3_connection: type[Any]
+    """Its H3Connection, advertising the later drafts' settings too (`with_wt_settings`)."""
+    load_certificate: Callable[[Any, bytes, bytes], None]
+    peek: Callable[[bytes, int], tuple[int | None, int, bytes, bytes]]
+    """(version, packet type, destination id, source id) of a datagram's first packet."""
+    version_negotiation: Callable[..., bytes]
     h3_alpn: tuple[str, ...]
+    quic_events: ModuleType
+    h3_events: ModuleType
     stream_gone: tuple[type[BaseException], ...]
     """What the library raises for an operation on a stream that ended or is unknown."""
-    cannot_encode: tuple[type[BaseException], ...]
+    cannot_encode: tuple[type[BaseException], ...] = ()
     """What its QPACK encoder raises for a header block it cannot encode."""
-    closing: tuple[type[BaseException], ...]
+    closing: tuple[type[BaseException], ...] = ()
     """What a send raises once the connection is closing (before it has terminated and
     aiowt ended its sessions): such a send is lost, as on a connection that is gone."""
-    protocol_negotiated: type[Any]
-    handshake_completed: type[Any]
-    connection_terminated: type[Any]
-    cid_issued: type[Any]
-    cid_retired: type[Any]
-    stream_data: type[Any]
-    stream_reset: type[Any]
-    stop_sending: type[Any]
-    h3_headers: type[Any]
-    h3_data: type[Any]
-    h3_datagram: type[Any]
-    h3_wt_stream_data: type[Any]
+    protocol_negotiated: type[Any] = field(init=False)
+    handshake_completed: type[Any] = field(init=False)
+    connection_terminated: type[Any] = field(init=False)
+    cid_issued: type[Any] = field(init=False)
+    cid_retired: type[Any] = field(init=False)
+    stream_data: type[Any] = field(init=False)
+    stream_reset: type[Any] = field(init=False)
+    stop_sending: type[Any] = field(init=False)
+    h3_headers: type[Any] = field(init=False)
+    h3_data: type[Any] = field(init=False)
+    h3_datagram: type[Any] = field(init=False)
+    h3_wt_stream_data: type[Any] = field(init=False)
+
+    def __post_init__(self) -> None:
+        quic, h3 = self.quic_events, self.h3_events
+        # Looked up once: the event loop of `H3Adapter` dispatches on these.
+        for name, event in (
+            ("protocol_negotiated", quic.ProtocolNegotiated),
+            ("handshake_completed", quic.HandshakeCompleted),
+            ("connection_terminated", quic.ConnectionTerminated),
+            ("cid_issued", quic.ConnectionIdIssued),
+            ("cid_retired", quic.ConnectionIdRetired),
+            ("stream_data", quic.StreamDataReceived),
+            ("stream_reset", quic.StreamReset),
+            ("stop_sending", quic.StopSendingReceived),
+            ("h3_headers", h3.HeadersReceived),
+            ("h3_data", h3.DataReceived),
+            ("h3_datagram", h3.DatagramReceived),
+            ("h3_wt_stream_data", h3.WebTransportStreamDataReceived),
+        ):
+            object.__setattr__(self, name, event)
+
+    def options(self, options: QuicOptions) -> Any:
+        """The library's configuration for `options` (datagrams on, certificates loaded)."""
+        config = self.configuration(
+            alpn_protocols=list(self.h3_alpn),
+            is_client=options.is_client,
+            max_datagram_frame_size=options.max_datagram_frame_size,
+            idle_timeout=options.idle_timeout,
+            server_name=options.server_name,
+        )
+        if options.cert_pem is not None and options.key_pem is not None:
+            self.load_certificate(config, options.cert_pem, options.key_pem)
+        if not options.verify:
+            config.verify_mode = ssl.CERT_NONE
+        elif options.ca_file is not None:
+            config.load_verify_locations(cafile=options.ca_file)
+        return config
+
+
+def with_wt_settings(h3_connection: type[Any]) -> type[Any]:
+    """`h3_connection` advertising `wt_settings` beside its own (both libraries build
+    their SETTINGS in `_get_local_settings`, the one private name overridden here)."""
+
+    class WebTransportH3(h3_connection):  # type: ignore[misc]
+        def __init__(self, quic: Any, max_sessions: int) -> None:
+            self._max_sessions = max_sessions  # read by the SETTINGS sent from __init__
+            super().__init__(quic, enable_webtransport=True)
+
+        def _get_local_settings(self) -> dict[int, int]:
+            settings: dict[int, int] = super()._get_local_settings()
+            settings.update(wt_settings(self._max_sessions))
+            return settings
+
+    return WebTransportH3
+
+
+@dataclass(frozen=True)
+class _ServerConfig:
+    quic: Any
+    max_sessions: int
+
+
+class H3Engine:
+    """An `Engine` over an aioquic-shaped library: `connection` is its adapter class."""
+
+    def __init__(self, connection: type[H3Adapter]) -> None:
+        self.connection = connection
+        self.library = connection.library
+        self.name = self.library.name
+
+    def client(self, options: QuicOptions) -> H3Adapter:
+        quic = self.library.quic_connection(configuration=self.library.options(options))
+        return self.connection(quic, options.max_sessions)
+
+    def server_config(self, options: QuicOptions) -> _ServerConfig:
+        return _ServerConfig(self.library.options(options), options.max_sessions)
+
+    def server(self, config: object, original_destination_connection_id: bytes) -> H3Adapter:
+        assert isinstance(config, _ServerConfig)
+        quic = self.library.quic_connection(
+            configuration=config.quic,
+            original_destination_connection_id=original_destination_connection_id,
+        )
+        return self.connection(quic, config.max_sessions)
+
+    def route(self, data: bytes, config: object) -> tuple[bytes, bool, bytes | None]:
+        assert isinstance(config, _ServerConfig)
+        versions = config.quic.supported_versions
+        version, packet_type, destination, source = self.library.peek(
+            data, config.quic.connection_id_length
+        )
+        if packet_type != _VERSION_NEGOTIATION and version is not None and version not in versions:
+            reply = self.library.version_negotiation(
+                source_cid=destination, destination_cid=source, supported_versions=versions
+            )
+            return destination, False, reply
+        return destination, packet_type == _INITIAL and len(data) >= 1200, None
+
+
+_INITIAL = 0
+_VERSION_NEGOTIATION = 4
+"""QUIC packet types as both libraries number them."""
 
 
 class H3Adapter:
     """One QUIC connection of an aioquic-shaped library, seen through the engine seam."""
 
-    name: str
-    library: _Library
+    library: Library
 
     def __init__(self, quic: Any, max_sessions: int) -> None:
         self._quic = quic
@@ -124,11 +250,15 @@ class H3Adapter:
         self.host_cid: bytes = quic.host_cid
 
     # --- what each library answers in its own way ---------------------------------------
+    @property
+    def name(self) -> str:
+        return self.library.name
+
     def _make_h3(self) -> Any:
-        raise NotImplementedError
+        return self.library.h3_connection(self._quic, self._max_sessions)
 
     def _drop_h3_state(self, stream_id: int) -> None:
-        raise NotImplementedError
+        self._h3._stream.pop(stream_id, None)
 
     def _datagram_session(self, event: Any) -> int:
         raise NotImplementedError
@@ -137,7 +267,7 @@ class H3Adapter:
         raise NotImplementedError
 
     def _can_send(self, stream_id: int) -> bool:
-        raise NotImplementedError
+        return bool(self._quic._stream_can_send(stream_id))
 
     def _can_receive(self, stream_id: int) -> bool:
         raise NotImplementedError

@@ -20,35 +20,19 @@ yet (docs/engines.md).
 from __future__ import annotations
 
 import contextlib
-import ssl
-from dataclasses import dataclass
 from typing import Any
 
 from qh3._hazmat import pull_quic_header
+from qh3.h3 import events as h3_events
 from qh3.h3.connection import H3_ALPN, H3Connection, QpackEncoderStreamError
 from qh3.h3.connection import ProtocolError as H3ProtocolError
-from qh3.h3.events import (
-    DatagramReceived,
-    DataReceived,
-    HeadersReceived,
-    WebTransportStreamDataReceived,
-)
+from qh3.quic import events as quic_events
 from qh3.quic.configuration import QuicConfiguration
 from qh3.quic.connection import QuicConnection, QuicConnectionError
-from qh3.quic.events import (
-    ConnectionIdIssued,
-    ConnectionIdRetired,
-    ConnectionTerminated,
-    HandshakeCompleted,
-    ProtocolNegotiated,
-    StopSendingReceived,
-    StreamDataReceived,
-    StreamReset,
-)
-from qh3.quic.packet import QuicPacketType, encode_quic_version_negotiation
+from qh3.quic.packet import encode_quic_version_negotiation
 
-from ._h3_adapter import H3Adapter, _Library, varint_size, wt_settings
-from .engine import Address, QuicOptions
+from ._h3_adapter import H3Adapter, H3Engine, Library, varint_size, with_wt_settings
+from .engine import Address
 from .errors import WriteBufferFull
 
 __all__ = ["ENGINE", "Qh3Connection"]
@@ -60,22 +44,13 @@ _LONGEST_CID = 20
 _CAPACITY_EXHAUSTED = "capacity exhausted"
 
 
-def configuration(options: QuicOptions) -> QuicConfiguration:
-    """qh3's configuration for `options` (datagrams on, certificates loaded)."""
-    config = QuicConfiguration(
-        alpn_protocols=list(H3_ALPN),
-        is_client=options.is_client,
-        max_datagram_frame_size=options.max_datagram_frame_size,
-        idle_timeout=options.idle_timeout,
-        server_name=options.server_name,
-    )
-    if options.cert_pem is not None and options.key_pem is not None:
-        config.load_cert_chain(options.cert_pem, options.key_pem)
-    if not options.verify:
-        config.verify_mode = ssl.CERT_NONE
-    elif options.ca_file is not None:
-        config.load_verify_locations(cafile=options.ca_file)
-    return config
+def _load_certificate(config: QuicConfiguration, cert_pem: bytes, key_pem: bytes) -> None:
+    config.load_cert_chain(cert_pem, key_pem)
+
+
+def _peek(data: bytes, cid_length: int) -> tuple[int | None, int, bytes, bytes]:
+    version, packet_type, _, destination, source, *_ = pull_quic_header(data, 0, cid_length)
+    return version, packet_type, destination, source
 
 
 class _Qh3Quic(QuicConnection):
@@ -121,23 +96,18 @@ class _Qh3Quic(QuicConnection):
         return datagrams
 
 
-class _H3(H3Connection):
-    def __init__(self, quic: QuicConnection, max_sessions: int) -> None:
-        self._max_sessions = max_sessions  # read by the settings sent from super().__init__
-        super().__init__(quic, enable_webtransport=True)
-
-    def _get_local_settings(self) -> dict[int, int]:
-        settings: dict[int, int] = super()._get_local_settings()
-        settings.update(wt_settings(self._max_sessions))
-        return settings
-
-
 class Qh3Connection(H3Adapter):
-    name = "qh3"
-    library = _Library(
+    library = Library(
+        name="qh3",
+        quic_connection=_Qh3Quic,
+        configuration=QuicConfiguration,
+        h3_connection=with_wt_settings(H3Connection),
+        load_certificate=_load_certificate,
+        peek=_peek,
+        version_negotiation=encode_quic_version_negotiation,
         h3_alpn=tuple(H3_ALPN),
-        cannot_encode=(QpackEncoderStreamError,),
-        closing=(QuicConnectionError,),
+        quic_events=quic_events,
+        h3_events=h3_events,
         stream_gone=(
             RuntimeError,
             ValueError,
@@ -145,29 +115,13 @@ class Qh3Connection(H3Adapter):
             H3ProtocolError,
             QuicConnectionError,
         ),
-        protocol_negotiated=ProtocolNegotiated,
-        handshake_completed=HandshakeCompleted,
-        connection_terminated=ConnectionTerminated,
-        cid_issued=ConnectionIdIssued,
-        cid_retired=ConnectionIdRetired,
-        stream_data=StreamDataReceived,
-        stream_reset=StreamReset,
-        stop_sending=StopSendingReceived,
-        h3_headers=HeadersReceived,
-        h3_data=DataReceived,
-        h3_datagram=DatagramReceived,
-        h3_wt_stream_data=WebTransportStreamDataReceived,
+        cannot_encode=(QpackEncoderStreamError,),
+        closing=(QuicConnectionError,),
     )
 
     def __init__(self, quic: Any, max_sessions: int) -> None:
         super().__init__(quic, max_sessions)
         self._unsent_datagrams = 0
-
-    def _make_h3(self) -> Any:
-        return _H3(self._quic, self._max_sessions)
-
-    def _drop_h3_state(self, stream_id: int) -> None:
-        self._h3._stream.pop(stream_id, None)
 
     def _datagram_session(self, event: Any) -> int:
         return int(event.flow_id) * 4
@@ -196,9 +150,6 @@ class Qh3Connection(H3Adapter):
             raise WriteBufferFull(
                 f"the peer allows no more streams for now (its MAX_STREAMS): {exc}"
             ) from exc
-
-    def _can_send(self, stream_id: int) -> bool:
-        return bool(self._quic._stream_can_send(stream_id))
 
     def _can_receive(self, stream_id: int) -> bool:
         return True  # qh3 does not say; a stop on a finished stream raises, and is ignored
@@ -234,46 +185,4 @@ class Qh3Connection(H3Adapter):
         return None if certificate is None else bytes(certificate.public_bytes())
 
 
-@dataclass(frozen=True)
-class _ServerConfig:
-    quic: QuicConfiguration
-    max_sessions: int
-
-
-class Qh3Engine:
-    name = "qh3"
-
-    def client(self, options: QuicOptions) -> Qh3Connection:
-        return Qh3Connection(_Qh3Quic(configuration=configuration(options)), options.max_sessions)
-
-    def server_config(self, options: QuicOptions) -> _ServerConfig:
-        return _ServerConfig(configuration(options), options.max_sessions)
-
-    def server(self, config: object, original_destination_connection_id: bytes) -> Any:
-        assert isinstance(config, _ServerConfig)
-        quic = _Qh3Quic(
-            configuration=config.quic,
-            original_destination_connection_id=original_destination_connection_id,
-        )
-        return Qh3Connection(quic, config.max_sessions)
-
-    def route(self, data: bytes, config: object) -> tuple[bytes, bool, bytes | None]:
-        assert isinstance(config, _ServerConfig)
-        versions = config.quic.supported_versions
-        version, packet_type, _, destination, source, *_ = pull_quic_header(
-            data, 0, config.quic.connection_id_length
-        )
-        if (
-            packet_type != QuicPacketType.VERSION_NEGOTIATION
-            and version is not None
-            and version not in versions
-        ):
-            reply = encode_quic_version_negotiation(
-                source_cid=destination, destination_cid=source, supported_versions=versions
-            )
-            return destination, False, reply
-        initial = packet_type == QuicPacketType.INITIAL and len(data) >= 1200
-        return destination, initial, None
-
-
-ENGINE = Qh3Engine()
+ENGINE = H3Engine(Qh3Connection)

@@ -326,6 +326,14 @@ _H3_RULES = (
     "connection closed (0x200)",
     "connection closed (0x201)",
     "connection closed (0x202)",
+    # qh3's wording of the same rules.
+    "Encoded field section exceeds the configured limit",
+    "QPACK-blocked stream buffer limit exceeded",
+    "Could not parse flow ID",
+    "Critical stream",
+    "truncated by stream end",
+    "Setting identifier",
+    "control stream",
 )
 datagram_prefixes = st.tuples(st.one_of(st.just(None), varints), st.binary(max_size=24))
 

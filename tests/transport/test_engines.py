@@ -95,11 +95,11 @@ def test_a_client_with_empty_connection_ids_reaches_aioquic_but_not_qh3(
     client first wrote to (its Rust core skips an empty source id), so such a client
     never hears the server. When this starts passing on qh3, upstream fixed it: drop
     the skip of the browser tests on qh3."""
-    from aiowt.transport.engine_aioquic import AioquicConnection, configuration
+    from aiowt.transport.engine_aioquic import AioquicConnection
 
     wire = Wire("aioquic", engine, certificate)
     options = QuicOptions(is_client=True, server_name="localhost", verify=False)
-    empty_ids = configuration(options)
+    empty_ids = AioquicConnection.library.options(options)
     empty_ids.connection_id_length = 0
     quic = AioquicConnection(QuicConnection(configuration=empty_ids), 64)
     wire.client = WebTransportConnection(quic, is_client=True, now=wire.now)
