@@ -19,7 +19,16 @@ def load_server(target: str) -> Server:
     if not module_name or not attribute:
         raise UsageError(f"expected MODULE:ATTR, got {target!r}")
     sys.path.insert(0, str(Path.cwd()))
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if missing != module_name and not module_name.startswith(f"{missing}."):
+            raise  # the module exists and imports something missing: its own traceback
+        raise UsageError(
+            f"no module named {module_name!r} in {Path.cwd()}: run aiowt from the directory"
+            " that holds it, or add that directory to PYTHONPATH"
+        ) from None
     try:
         obj: object = module
         for part in attribute.split("."):
@@ -27,5 +36,25 @@ def load_server(target: str) -> Server:
     except AttributeError as exc:
         raise UsageError(f"{module_name} has no attribute {attribute!r}") from exc
     if not isinstance(obj, Server):
-        raise UsageError(f"{target} is a {type(obj).__name__}, not an aiowt Server")
+        raise UsageError(f"{target} is {_described(obj)}, not an aiowt Server{_hint(obj)}")
     return obj
+
+
+def _described(obj: object) -> str:
+    if isinstance(obj, type):
+        return f"the class {obj.__name__}"
+    if callable(obj):
+        return f"the function {getattr(obj, '__name__', repr(obj))}"
+    return f"a {type(obj).__name__} ({obj!r:.40})"
+
+
+def _hint(obj: object) -> str:
+    from aiowt.actors import Handler
+
+    if isinstance(obj, type) and issubclass(obj, Handler):
+        name = obj.__name__
+        return (
+            f": a Handler serves a route of a Server; in the module, write"
+            f' `server = Server()` and `server.route("/path", {name})`, then run MODULE:server'
+        )
+    return ": point MODULE:ATTR at the Server object (`server = Server()` in the module)"

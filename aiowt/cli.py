@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -25,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run.add_argument("target", metavar="MODULE:ATTR")
     run.add_argument("--host", default=None, help="bind address (default: the server's, '::')")
     run.add_argument(
-        "--port", type=int, default=None, help="UDP port (default: the server's, 4433)"
+        "--port", type=_port, default=None, help="UDP port (default: the server's, 4433)"
     )
     tls = run.add_mutually_exclusive_group()
     tls.add_argument("--cert", help="certificate chain (PEM); needs --key")
@@ -81,13 +82,29 @@ def main(argv: Sequence[str] | None = None) -> int:
     cert.add_argument("--days", type=int, default=13, help="validity, at most 13 days")
 
     args = parser.parse_args(argv)
+    command = run if args.command == "run" else cert
     try:
         if args.command == "cert":
             return _cert(Path(args.out), args.days)
         return _run(args)
     except UsageError as exc:
-        parser.error(str(exc))
+        command.error(str(exc))  # one line, this command's usage, exit 2
     return 2
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a UDP port: use 0-65535 (0: any free)")
+    return port
+
+
+def _existing(flag: str, path: str | None) -> None:
+    if path is not None and not Path(path).is_file():
+        raise UsageError(f"{flag} {path}: no such file (make one with `aiowt cert`)")
 
 
 def _cert(out: Path, days: int) -> int:
@@ -101,6 +118,8 @@ def _cert(out: Path, days: int) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    _existing("--cert", args.cert)
+    _existing("--key", args.key)
     if args.workers != 1 or args.metrics_port is not None:
         if args.workers < 1:
             raise UsageError(f"--workers must be at least 1, got {args.workers}")
@@ -131,8 +150,22 @@ def _run(args: argparse.Namespace) -> int:
         server.port = args.port
     if args.cert is not None:
         server.use_certificate_files(args.cert, args.key)
-    server.run()
+    try:
+        server.run()
+    except OSError as exc:
+        raise UsageError(_bind_error(exc, server.host, server.port)) from None
     return 0
+
+
+def _bind_error(exc: OSError, host: str, port: int) -> str:
+    if exc.errno == errno.EADDRINUSE:
+        return (
+            f"udp port {port} on {host} is in use (another aiowt, or `make demo`, is"
+            " running?): stop it or choose another --port"
+        )
+    if exc.errno in (errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT, errno.EACCES):
+        return f"cannot listen on {host} port {port}: {exc.strerror}: choose another --host"
+    return f"cannot listen on {host} port {port}: {exc}"
 
 
 if __name__ == "__main__":

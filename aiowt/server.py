@@ -37,7 +37,7 @@ from aiowt.transport.endpoint import IncomingSession, Listener, listen
 from aiowt.transport.engine import QuicOptions, check_engine, default_engine
 from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE
 from aiowt.transport.memory import connect_in_memory
-from aiowt.transport.tls import SelfSignedCertificate, generate_self_signed
+from aiowt.transport.tls import SelfSignedCertificate, certificate_hashes, generate_self_signed
 
 from .routing import Route, RouteGroup, Router
 
@@ -280,7 +280,7 @@ class Server:
             backend=self.backend.location,
             engine=self.engine,
             routes=[r.pattern for r in self._router.routes()],
-            cert_sha256=self.certificate.sha256_hex if self.certificate else None,
+            cert_sha256=(self._certificate_hashes() or (None,))[0],
         )
 
     async def connect_in_memory(
@@ -318,15 +318,21 @@ class Server:
         shown = "localhost" if host in ("::", "0.0.0.0", "::1", "127.0.0.1") else host
         lines = [f"aiowt serving WebTransport on https://{shown}:{port} (udp {host})"]
         lines += [f"  route {route.pattern}" for route in self._router.routes()]
-        if self.certificate is not None:
-            lines.append(
-                f"  certificate sha256 (serverCertificateHashes): {self.certificate.sha256_hex}"
-            )
-            lines.append(
-                "  spki sha256 (--ignore-certificate-errors-spki-list): "
-                f"{self.certificate.spki_sha256_b64}"
-            )
+        hashes = self._certificate_hashes()
+        if hashes is not None:
+            sha256_hex, spki_b64 = hashes
+            lines.append(f"  certificate sha256 (serverCertificateHashes): {sha256_hex}")
+            lines.append(f"  spki sha256 (--ignore-certificate-errors-spki-list): {spki_b64}")
         return "\n".join(lines)
+
+    def _certificate_hashes(self) -> tuple[str, str] | None:
+        """(sha256 hex, spki sha256 base64) of the certificate served, self-signed or not."""
+        if self.certificate is not None:
+            return self.certificate.sha256_hex, self.certificate.spki_sha256_b64
+        if self._cert_file is None:
+            return None
+        sha256, spki_b64 = certificate_hashes(Path(self._cert_file).read_bytes())
+        return sha256.hex(), spki_b64
 
     async def serve(self, *, print_banner: bool = False) -> None:
         """Start, then run until `shutdown()` (or cancellation, which shuts down too)."""
@@ -367,7 +373,7 @@ class Server:
         if not self._running:
             return
         self._running = False
-        self._memory_configuration = None
+        self._memory_options = None
         if self._stopped is not None:
             self._stopped.set()
         if listener is not None:

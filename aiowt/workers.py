@@ -334,6 +334,15 @@ def supervise(
                 gateway.stop()
 
 
+def whole_lines(stream: Any) -> None:
+    """Write each line of `stream` in one write: the workers share the terminal, and an
+    unbuffered stream (`python -u`, PYTHONUNBUFFERED) writes a line's text and its newline
+    apart, so two workers' lines ran together ("stopped2026-...")."""
+    reconfigure = getattr(stream, "reconfigure", None)
+    if reconfigure is not None:
+        reconfigure(line_buffering=True, write_through=False)
+
+
 def run_worker(
     target: str,
     host: str,
@@ -344,6 +353,8 @@ def run_worker(
     engine: str | None = None,
 ) -> int:
     """One worker: serve `target` on the shared port until SIGINT/SIGTERM."""
+    for stream in (sys.stdout, sys.stderr):
+        whole_lines(stream)
     server = load_server(target)
     if engine is not None:
         server.engine = engine

@@ -37,13 +37,14 @@ def test_page_code_runs(page: str) -> None:
 def test_the_readme_states_the_real_defaults() -> None:
     """The README's "Bounds and their defaults" block builds a server equal to `Server()`."""
     from aiowt import Server
-    from aiowt.transport import ConnectionLimits
 
     readme = (DOCS.parent / "README.md").read_text()
     section = readme.split("## Bounds and their defaults", 1)[1]
     block = re.search(r"```python\n(.*?)```", section, flags=re.S)
     assert block is not None
-    documented = eval(block.group(1), {"Server": Server, "ConnectionLimits": ConnectionLimits})
+    namespace: dict[str, Any] = {}
+    exec(block.group(1), namespace)
+    documented = namespace["server"]
     default = Server()
     for name in inspect.signature(Server).parameters:
         if name in {

@@ -24,6 +24,7 @@ from .errors import (
     WriteBufferFull,
 )
 from .limits import ConnectionLimits
+from .reconnect import Reconnecting
 from .request import ConnectRequest
 from .session import Session, SessionTap, Stream, wait_close_delivered
 
@@ -40,6 +41,7 @@ __all__ = [
     "MalformedFrame",
     "MalformedQuery",
     "PeerError",
+    "Reconnecting",
     "Rejected",
     "Session",
     "SessionClosedError",

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import logging
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,10 @@ __all__ = [
 ]
 
 log = structlog.get_logger("aiowt.transport")
+
+# Both libraries log a refused handshake on the "quic" logger; with no handler configured,
+# Python's last-resort handler printed it beside the error aiowt raises, which names it.
+logging.getLogger("quic").addHandler(logging.NullHandler())
 
 _INTERNAL_ERROR = 0x1
 ENABLE_CONNECT_PROTOCOL = 0x8

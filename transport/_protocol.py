@@ -56,6 +56,8 @@ class WebTransportProtocol(asyncio.DatagramProtocol):
         self._closed: asyncio.Future[None] | None = None
         self._settings: asyncio.Future[None] | None = None
         self._responses: dict[int, asyncio.Future[Session]] = {}
+        self.close_code: int | None = None
+        """The QUIC error code the connection ended with, once it has."""
 
     @property
     def is_closed(self) -> bool:
@@ -154,6 +156,7 @@ class WebTransportProtocol(asyncio.DatagramProtocol):
             elif isinstance(event, PeerSettingsReceived):
                 _resolve(self._settings)
             elif isinstance(event, Terminated):
+                self.close_code = event.error_code
                 self._terminated(event.reason)
 
     def _request(self, incoming: IncomingSession) -> None:

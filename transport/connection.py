@@ -104,6 +104,8 @@ class SessionResponse(ConnectionEvent):
 @dataclass(frozen=True, slots=True)
 class Terminated(ConnectionEvent):
     reason: str
+    error_code: int = 0
+    """The QUIC error code; 0x100-0x1ff is a TLS alert (0x100 + the alert)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -695,7 +697,7 @@ class WebTransportConnection:
         for stream_id in self._requests:
             self._events.append(SessionResponse(stream_id, HandshakeError(0, reason)))
         self._requests.clear()
-        self._events.append(Terminated(reason))
+        self._events.append(Terminated(reason, event.error_code))
         waiters, self._progress = self._progress, []
         for waiter in waiters:
             if not waiter.done():

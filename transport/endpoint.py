@@ -228,16 +228,37 @@ async def connect(
     try:
         async with asyncio.timeout(timeout):
             connection.connect((str(address[0]), int(address[1])))
-            await connection.wait_connected()
+            try:
+                await connection.wait_connected()
+            except HandshakeError as exc:
+                raise _tls_failure(exc, connection.close_code, options.verify) from None
             if pinned is not None:
                 _check_pin(quic, pinned)
             session = await connection.open_session(authority, path, list(headers), protocol)
+    except TimeoutError:
+        connection.close()
+        transport.close()
+        raise TimeoutError(
+            f"no answer from {host} port {port} within {timeout:g} s: is the server running"
+            " and is UDP to it open?"
+        ) from None
     except BaseException:
         connection.close()
         transport.close()
         raise
     session._release = release
     return session
+
+
+def _tls_failure(exc: HandshakeError, code: int | None, verified: bool) -> HandshakeError:
+    """Say what to do when the server's certificate was refused."""
+    if code is None or not 0x100 <= code <= 0x1FF or not verified:
+        return exc
+    return HandshakeError(
+        0,
+        f"the server's certificate is not trusted ({exc.reason}): pass cert_hash= with its"
+        " SHA-256 (a development server prints it), ca_file= with its CA, or verify=False",
+    )
 
 
 def _check_pin(quic: EngineConnection, pinned: bytes) -> None:

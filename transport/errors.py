@@ -91,7 +91,9 @@ class HandshakeError(AiowtError):
     """The client's CONNECT was answered with a non-2xx status, or never answered."""
 
     def __init__(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()) -> None:
-        super().__init__(f"handshake failed: {status} {reason}".rstrip())
+        # Status 0: no HTTP answer (the connection failed first); say only why.
+        said = f"{status} {reason}" if status else reason
+        super().__init__(f"handshake failed: {said}".rstrip())
         self.status = status
         self.reason = reason
         self.headers: tuple[tuple[str, str], ...] = tuple(headers)

@@ -341,8 +341,7 @@ async def serve(
         )
         async with web:
             print(server.banner(), flush=True)
-            print(f"chat page on http {http_host}:{web.address[1]}", flush=True)
-            print(f"open {web.url()} in a browser (Ctrl-C stops)", flush=True)
+            print(f"chat page on {web.url()}: open it in a browser (Ctrl-C stops)", flush=True)
             await stop.wait()
     finally:
         await server.shutdown()

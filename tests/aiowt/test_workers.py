@@ -7,17 +7,20 @@ a worker killed with SIGKILL is restarted by the supervisor and serves again.
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from aiowt import Server
 from aiowt.transport import SessionContext, connect
 from aiowt.transport.tls import generate_self_signed, write_certificate
+from aiowt.workers import whole_lines
 from examples.echo import Echo
 from tests.conftest import bounded
 
@@ -140,3 +143,22 @@ async def test_two_workers_share_the_port_and_a_killed_one_is_restarted(
         except ProcessLookupError:
             continue
         raise AssertionError(f"worker {pid} outlived its supervisor")
+
+
+def test_a_workers_log_line_reaches_the_terminal_in_one_write() -> None:
+    class Raw(io.RawIOBase):
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+
+        def writable(self) -> bool:
+            return True
+
+        def write(self, data: Any) -> int:
+            self.writes.append(bytes(data))
+            return len(data)
+
+    raw = Raw()
+    unbuffered = io.TextIOWrapper(raw, write_through=True)  # what `python -u` gives
+    whole_lines(unbuffered)
+    print("2026-12-06 20:53:07 [info     ] stopped", file=unbuffered, flush=True)
+    assert raw.writes == [b"2026-12-06 20:53:07 [info     ] stopped\n"]

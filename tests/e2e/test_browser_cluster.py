@@ -20,7 +20,7 @@ from tests.conftest import REPO, bounded
 from tests.e2e.test_browser_chat import Tab, browser, require_vendor_msgpack
 from tests.redis_server import RedisServer
 
-_PAGE = re.compile(r"open http://localhost:(\d+)/")
+_PAGE = re.compile(r"(?:open|chat page on) http://localhost:(\d+)/")
 
 
 @contextlib.asynccontextmanager

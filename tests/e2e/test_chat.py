@@ -520,8 +520,9 @@ async def test_the_demo_command_serves_the_page_and_the_chat(client: ClientFacto
     try:
         assert process.stdout is not None
         printed: list[str] = []
+        # The page's address is printed as a URL a person can click.
         while not (line := (await within(process.stdout.readline(), 20)).decode()).startswith(
-            "open http://"
+            "chat page on http://localhost:"
         ):
             assert line, f"the demo exited: {''.join(printed)}"
             printed.append(line)
