@@ -71,6 +71,12 @@ class Listener(asyncio.DatagramProtocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        # The socket is shared: each connection finishes its closing period without it.
+        self._transport = None
+        for connection in list(self.connections):
+            connection.connection_lost(exc)
+
     def datagram_received(self, data: bytes, addr: Any) -> None:
         try:
             cid, may_start, reply = self.engine.route(data, self._config)

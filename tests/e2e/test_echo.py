@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from aiowt import Server
@@ -115,3 +117,17 @@ async def test_stream_echo_preserves_any_chunking(
                 stream.write(chunk)
             stream.finish()
             assert await stream.read_all() == b"".join(chunks)
+
+
+async def test_connections_let_go_of_the_socket_when_the_listener_closes(
+    make_server: ServerFactory, client: ClientFactory
+) -> None:
+    server = await make_server(echo_routes)
+    await client(server, "/echo")
+    (connection,) = server.listener.connections
+    await server.shutdown()
+    for _ in range(100):  # the transport reports its loss on a later loop iteration
+        if connection._transport is None:
+            break
+        await asyncio.sleep(0)
+    assert connection._transport is None  # nothing is sent on a closed socket
