@@ -85,9 +85,8 @@ class WebTransportProtocol(asyncio.DatagramProtocol):
         self.connection.receive_datagram(data, addr, self._loop.time())
         self._dispatch()
         # At once, as aioquic's own protocol does. Deferring it to the end of the loop
-        # iteration cut a datagram echo's server CPU by a quarter, but let a flooding
-        # peer through four times as fast and took a good peer's p99 under flood from
-        # ~3 ms to 20-50 ms (docs/performance.md): fairness first.
+        # iteration cut a datagram echo's server CPU by a quarter; what it does to a good
+        # peer under a flood is still to be measured (docs/performance.md).
         self.transmit()
 
     def connect(self, addr: Address) -> None:

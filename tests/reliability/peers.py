@@ -30,7 +30,8 @@ async def hold(url: str, cert_hash: str, count: int) -> None:
     await asyncio.sleep(120)  # the parent kills us long before
 
 
-async def flood(url: str, cert_hash: str, seconds: float) -> None:
+async def flood(url: str, cert_hash: str, seconds: float, rate: float) -> None:
+    """Datagrams at `rate` per second (and 4 streams per 64 of them) for `seconds`."""
     # On aioquic whatever the server's engine: a qh3 flooder sends ~5x as fast, enough to
     # overflow the server socket's receive queue for a minute (the onset phase then
     # dominates the test's time, not what it measures).
@@ -39,9 +40,14 @@ async def flood(url: str, cert_hash: str, seconds: float) -> None:
     )
     payload = b"\x91\xa5flood"  # msgpack ["flood"]
     datagrams = streams = 0
-    deadline = time.monotonic() + seconds
+    started = time.monotonic()
+    deadline = started + seconds
     announced = False
     while time.monotonic() < deadline and not session.closed:
+        # Paced: ahead of `rate`, wait for it (the flood's own clock, not a guess).
+        ahead = datagrams / rate - (time.monotonic() - started)
+        if ahead > 0:
+            await asyncio.sleep(ahead)
         for _ in range(64):
             try:
                 if session.send_datagram(payload):
@@ -69,7 +75,7 @@ def main(argv: list[str]) -> int:
     if mode == "hold":
         asyncio.run(hold(url, cert_hash, int(rest[0])))
     elif mode == "flood":
-        asyncio.run(flood(url, cert_hash, float(rest[0])))
+        asyncio.run(flood(url, cert_hash, float(rest[0]), float(rest[1])))
     else:
         print(f"unknown mode {mode!r}", file=sys.stderr)
         return 2
