@@ -63,6 +63,7 @@ __all__ = [
     "MemberJoined",
     "MemberLeft",
     "MessagePosted",
+    "NameTaken",
     "Post",
     "Room",
     "RoomEvent",
@@ -227,17 +228,30 @@ class RoomSignalDelivered:
 # --- requests ---------------------------------------------------------------------------------
 
 
+class NameTaken(Exception):
+    """A `JoinRoom` with `unique_name` whose name a live member of the room already has."""
+
+    def __init__(self, room: str, name: str) -> None:
+        super().__init__(f"the name {name!r} is taken in room {room!r}")
+        self.room = room
+        self.name = name
+
+
 @dataclass(frozen=True, slots=True)
 class JoinRoom(Request["ActorRef[Room]"]):
     """Ask the manager to add `member` to `room` (created on first join).
 
     Replies with the room's ref, for `Post`, `Signal` and queries. The member's first
     delivery from the room is a `RoomSnapshot`. Joining a room twice with the same id is
-    a `UsageError`.
+    a `UsageError`. With `unique_name`, a join whose name a live member of the room (of
+    this manager) already has is refused with `NameTaken`; the manager handles joins one
+    at a time, so of simultaneous joins with one name exactly one gets in. A name is free
+    again once its holder left (or its actor stopped).
     """
 
     room: str
     member: Member
+    unique_name: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -544,7 +558,12 @@ class _RoomEntry:
 
     def __init__(self, ref: ActorRef[Room]) -> None:
         self.ref = ref
-        self.members: set[str] = set()
+        self.members: dict[str, Member] = {}
+
+    def holds(self, name: str) -> bool:
+        """Whether a live member has `name`: one whose actor stopped is leaving already
+        (its `LeaveRoom` is on its way), so its name is free."""
+        return any(m.name == name and m.ref.is_alive() for m in self.members.values())
 
 
 class RoomManager(Service):
@@ -592,6 +611,8 @@ class RoomManager(Service):
         entry = self._rooms.get(message.room)
         if entry is not None and member.id in entry.members:
             raise UsageError(f"member {member.id!r} is already in room {message.room!r}")
+        if message.unique_name and entry is not None and entry.holds(member.name):
+            raise NameTaken(message.room, member.name)
         if entry is None:
             ref = self._store.start(
                 message.room,
@@ -603,7 +624,7 @@ class RoomManager(Service):
             entry = self._rooms[message.room] = _RoomEntry(ref)
             log.debug("room created", room=message.room)
         entry.ref.tell(_AddMember(member))
-        entry.members.add(member.id)
+        entry.members[member.id] = member
         return entry.ref
 
     @handles(LeaveRoom)
@@ -611,7 +632,7 @@ class RoomManager(Service):
         entry = self._rooms.get(message.room)
         if entry is None or message.member_id not in entry.members:
             return False
-        entry.members.discard(message.member_id)
+        del entry.members[message.member_id]
         tell_quietly(entry.ref, _RemoveMember(message.member_id, message.reason))
         if not entry.members:
             del self._rooms[message.room]

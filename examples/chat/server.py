@@ -10,7 +10,11 @@ The protocol (details in `docs/rooms.md`): a session connects to `/chat/{room}?n
 It sends msgpack maps, on a bidirectional stream it opens (length-prefixed frames) or as
 datagrams: `{"type": "say", "text": ...}` and `{"type": "typing"}`. The server sends,
 on one server-opened unidirectional stream: `history` first, then `join`, `leave`,
-`message` and `error` maps; `typing` signals of the others come as datagrams.
+`message` and `error` maps; `typing` signals of the others come as datagrams. A name
+is unique in its room: a second session with a name a member has is accepted, then
+closed with `NAME_TAKEN` and the reason (browsers see a close, never a refused
+handshake's reason). The page checks room and name before connecting, against the rules
+`ChatGate.rules()` publishes in the page's `/config.json`.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from aiowt.actors.rooms import (
     JoinRoom,
     LeaveRoom,
     Member,
+    NameTaken,
     Post,
     Room,
     RoomEventDelivered,
@@ -65,6 +70,7 @@ from .web import ChatWebServer, WebConfig
 __all__ = [
     "CHAT",
     "NAME",
+    "NAME_TAKEN",
     "ROOM",
     "Chat",
     "ChatConfig",
@@ -86,7 +92,18 @@ NAME: Key[str] = Key("chat.name")
 CHAT: Key[Chat] = Key("chat.app")
 """The `Chat` a session belongs to (set by its `on_connect` hook)."""
 
-_ROOM_NAME = re.compile(r"[\w.-]{1,64}")
+NAME_TAKEN = 0x4001
+"""The chat's close code for a session whose name a member of its room already has.
+
+Outside aiowt's own `CloseCode` range (0x1001..0x100A); the reason says which name and
+room, for example ``the name 'ada' is taken in room 'lobby'``.
+"""
+
+# The one definition of a valid room name. `\w` is Python's: Unicode letters, digits and
+# `_`, which the page's copy (`ChatGate.rules()`) spells `\p{L}\p{N}_` for JavaScript.
+_ROOM_PATTERN = r"[\w.\-]{1,64}"
+_ROOM_NAME = re.compile(_ROOM_PATTERN)
+_ROOM_REASON = "room names are 1-64 letters, digits, '_', '.' or '-'"
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,20 +133,52 @@ class ChatGate:
     missing or blank name becomes `guest-` and the first characters of the session id.
     """
 
+    room_reason = _ROOM_REASON
+    """Why a room name is refused (the 400's `aiowt-reason`, and the page's message)."""
+
     def __init__(self, config: ChatConfig) -> None:
         self.max_name_length = config.max_name_length
+        self.requests = 0
+        """Session requests that reached the gate (accepted or not)."""
 
     def __repr__(self) -> str:
         return f"ChatGate(max_name_length={self.max_name_length})"
 
+    @property
+    def name_reason(self) -> str:
+        """Why a name is refused."""
+        return f"names are 1-{self.max_name_length} printable characters"
+
+    def rules(self) -> dict[str, dict[str, str | int]]:
+        """The gate's rules for the page (`/config.json`), so it can check before connecting.
+
+        Each rule is a JavaScript regular expression (`u` flag, matched whole) with the
+        reason the gate gives. The name's is for the name as sent (trimmed): empty is
+        allowed (it becomes a guest name), as here.
+        """
+        # Python's `str.isprintable()`: no category C or Z character, but the space.
+        printable = r"(?:[^\p{C}\p{Z}]| )"
+        return {
+            "room": {
+                "pattern": _ROOM_PATTERN.replace(r"\w", r"\p{L}\p{N}_"),
+                "reason": self.room_reason,
+            },
+            "name": {
+                "pattern": f"{printable}{{0,{self.max_name_length}}}",
+                "maxLength": self.max_name_length,
+                "reason": self.name_reason,
+            },
+        }
+
     async def __call__(self, ctx: SessionContext, call_next: CallNext) -> None:
+        self.requests += 1
         room = ctx.path_params.get("room", "")
         if not _ROOM_NAME.fullmatch(room):
-            raise Rejected(400, "room names are 1-64 letters, digits, '_', '.' or '-'")
+            raise Rejected(400, self.room_reason)
         names = ctx.query.get("name", [])
         name = names[-1].strip() if names else ""
         if len(name) > self.max_name_length or not name.isprintable():
-            raise Rejected(400, f"names are 1-{self.max_name_length} printable characters")
+            raise Rejected(400, self.name_reason)
         name = name or f"guest-{ctx.session_id[:6]}"
         ctx.set(ROOM, room)
         ctx.set(NAME, name)
@@ -150,6 +199,8 @@ class Chat:
 
     def __init__(self, config: ChatConfig | None = None) -> None:
         self.config = config or ChatConfig()
+        self.gate = ChatGate(self.config)
+        """The route's gate (`gate.requests` counts the session requests it saw)."""
         self._server: Server | None = None
         self._page: ChatWebServer | None = None
         self._rooms: ServiceHandle[RoomManager] = ServiceHandle(None, self._start_rooms, "rooms")
@@ -168,11 +219,15 @@ class Chat:
         `handler` may be a subclass of `ChatSession` (for instance to observe sessions).
         """
         self._server = server
-        server.route(pattern, handler or ChatSession, ChatGate(self.config))
+        server.route(pattern, handler or ChatSession, self.gate)
         server.on_connect.append(self.on_connect)
         server.on_startup.append(self._serve_page_in_first_worker)
         server.on_shutdown.append(self.aclose)
         return server
+
+    def web_config(self, port: int, certificate_hashes: tuple[str, ...] = ()) -> WebConfig:
+        """What the page is told: where the server is, and the gate's rules."""
+        return WebConfig(port, certificate_hashes, rules=self.gate.rules())
 
     @property
     def rooms(self) -> ActorRef[RoomManager]:
@@ -207,12 +262,13 @@ class Chat:
         if where is None or os.environ.get(WORKER_INDEX_ENV) != "0" or server is None:
             return
         files = server.certificate_files
-        hashes = ()
+        hashes: tuple[str, ...] = ()
         if files is not None:
             pem = await asyncio.to_thread(Path(files[0]).read_bytes)
             hashes = (certificate_hashes(pem)[0].hex(),)
         host, _, port = where.rpartition(":")
-        self._page = ChatWebServer(WebConfig(server.address[1], hashes), host=host, port=int(port))
+        config = self.web_config(server.address[1], hashes)
+        self._page = ChatWebServer(config, host=host, port=int(port))
         await self._page.start()
         print(f"open {self._page.url()} in a browser (Ctrl-C stops)", flush=True)
 
@@ -242,7 +298,15 @@ class ChatSession(Handler):
 
     async def on_start(self) -> None:  # type: ignore[override]
         self._rooms = self.chat.rooms
-        self.room = await ask(self._rooms, JoinRoom(self.room_name, self.member))
+        join = JoinRoom(self.room_name, self.member, unique_name=True)
+        try:
+            self.room = await ask(self._rooms, join)
+        except NameTaken as taken:
+            # Decided by the room manager, which handles joins one at a time: of two
+            # simultaneous "ada"s exactly one gets in. Told as the session's close,
+            # which (unlike a refused handshake's reason) a browser does receive.
+            log.info("name taken", room=self.room_name, name=self.member.name, **self.ctx.ids)
+            self.close(NAME_TAKEN, str(taken))
 
     async def on_stop(self) -> None:  # type: ignore[override]
         if self.room is not None:
@@ -335,7 +399,7 @@ async def serve(
         wt_port = server.address[1]
         hashes = (server.certificate.sha256_hex,) if server.certificate is not None else ()
         web = ChatWebServer(
-            WebConfig(wt_port, hashes),
+            chat.web_config(wt_port, hashes),
             host=http_host,
             port=wt_port + 1 if http_port is None else http_port,
         )

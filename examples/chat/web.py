@@ -3,7 +3,9 @@
 Browsers only offer WebTransport in a secure context, and plain HTTP on localhost is
 one, so the demo page needs no certificate of its own. `/config.json` tells the page
 where the WebTransport server is and which certificate SHA-256 to pin
-(`serverCertificateHashes`), so a fresh self-signed certificate works every run.
+(`serverCertificateHashes`), so a fresh self-signed certificate works every run, and
+the server's rules for room names and names (`ChatGate.rules()`), so the page can refuse
+a bad one with the server's own reason before connecting.
 
 Deliberately small: GET and HEAD of files under `static/`, one request per connection.
 It is a demo's file server, not a web framework; put a real one in front for anything
@@ -15,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -44,7 +46,9 @@ class WebConfig:
     """What the page is told in `/config.json`: the WebTransport port, path and pins.
 
     `port` may be a callable, read on each request, so the config can follow a server
-    that was bound to port 0.
+    that was bound to port 0. `rules` are the server's checks of room and name
+    (`ChatGate.rules()`, `Chat.web_config` passes them); without them the page leaves
+    every check to the server.
     """
 
     def __init__(
@@ -52,10 +56,12 @@ class WebConfig:
         port: int | Callable[[], int],
         certificate_hashes: tuple[str, ...] = (),
         path: str = "/chat/",
+        rules: Mapping[str, Mapping[str, str | int]] | None = None,
     ) -> None:
         self._port = port
         self.certificate_hashes = certificate_hashes
         self.path = path
+        self.rules = rules
 
     def __repr__(self) -> str:
         return f"WebConfig(port={self.port}, path={self.path!r})"
@@ -70,6 +76,7 @@ class WebConfig:
                 "port": self.port,
                 "path": self.path,
                 "certificateHashes": list(self.certificate_hashes),
+                "rules": self.rules or {},
             }
         ).encode()
 

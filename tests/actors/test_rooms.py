@@ -33,6 +33,7 @@ from aiowt.actors.rooms import (
     MemberJoined,
     MemberLeft,
     MessagePosted,
+    NameTaken,
     Post,
     Room,
     RoomEventDelivered,
@@ -381,6 +382,40 @@ async def test_the_manager_refuses_bad_joins_and_negative_history() -> None:
         assert await within(ask(rooms, ListRooms())) == {}
     finally:
         await within(rooms.stop(block=False))
+
+
+async def test_a_unique_name_join_is_refused_while_a_live_member_has_the_name(
+    rooms: ActorRef[RoomManager], recorders: dict[str, ActorRef[Recorder]]
+) -> None:
+    for member_id in ("a1", "a2", "a3", "a4"):
+        recorders[member_id] = Recorder.start()
+
+    def ada(member_id: str) -> JoinRoom:
+        return JoinRoom("lobby", Member(member_id, "ada", recorders[member_id]), unique_name=True)
+
+    # Four joins with one name, all queued before the first is handled: one gets in.
+    results = await within(
+        asyncio.gather(*(ask(rooms, ada(m)) for m in ("a1", "a2", "a3")), return_exceptions=True)
+    )
+    assert isinstance(results[0], ActorRef)
+    for refused in results[1:]:
+        assert isinstance(refused, NameTaken)
+        assert str(refused) == "the name 'ada' is taken in room 'lobby'"
+    assert await within(ask(rooms, ListRooms())) == {"lobby": 1}
+    # Without unique_name (the default), names may repeat; other rooms are separate.
+    await within(ask(rooms, JoinRoom("lobby", Member("x", "ada", recorders["a4"]))))
+    await within(ask(rooms, LeaveRoom("lobby", "x")))
+    kitchen = JoinRoom("kitchen", Member("a2", "ada", recorders["a2"]), unique_name=True)
+    await within(ask(rooms, kitchen))
+    # Free again once its holder left.
+    await within(ask(rooms, LeaveRoom("lobby", "a1")))
+    await within(ask(rooms, ada("a3")))
+    # ... or once its holder's actor stopped (its leave may still be on the way).
+    await within(recorders.pop("a3").stop(block=False))
+    lobby = await within(ask(rooms, ada("a4")))
+    await settle(rooms, lobby)  # the room found a3 gone: its leave went through the manager
+    assert [m.id for m in await within(ask(lobby, GetMembers()))] == ["a4"]
+    assert await within(ask(rooms, ListRooms())) == {"lobby": 1, "kitchen": 1}
 
 
 # --- the stateful model test ---------------------------------------------------------------------

@@ -1,9 +1,10 @@
 """The chat example end to end: real QUIC clients on loopback, real room actors.
 
 Covers delivery to every member of a room and only to them, order per sender, history
-for late joiners, join/leave presence (abrupt disconnects included), inbound
-validation, the server's `on_connect`/`on_disconnect` hooks, the slow-consumer policy
-against a peer whose process is frozen, and the demo command itself.
+for late joiners, join/leave presence (abrupt disconnects included), unique names in a
+room (simultaneous joins included), inbound validation, the server's
+`on_connect`/`on_disconnect` hooks, the slow-consumer policy against a peer whose
+process is frozen, and the demo command itself.
 """
 
 from __future__ import annotations
@@ -30,11 +31,12 @@ from aiowt.transport import (
     CloseInfo,
     HandshakeError,
     Session,
+    SessionClosedError,
     SessionContext,
     Stream,
     connect,
 )
-from examples.chat.server import NAME, ROOM, Chat, ChatConfig, ChatSession
+from examples.chat.server import NAME, NAME_TAKEN, ROOM, Chat, ChatConfig, ChatSession
 from tests.conftest import ClientFactory, ServerFactory
 
 T = TypeVar("T")
@@ -291,6 +293,67 @@ async def test_leaves_are_announced_and_the_room_goes_with_its_last_member(
     await h.wait_ended("ada")
     # The leave was told before the hook ran, so the manager has handled it by now.
     assert await within(ask(h.chat.rooms, ListRooms())) == {}
+
+
+# --- unique names -------------------------------------------------------------------------------
+
+
+async def joined_or_closed(session: Session) -> dict[str, Any] | CloseInfo:
+    """The session's `history` if it got into its room, else how it was closed."""
+    try:
+        inbox = await within(session.accept_stream())
+    except SessionClosedError:
+        return await within(session.wait_closed())
+    history: dict[str, Any] = await within(inbox.receive_message())
+    return history
+
+
+async def test_of_simultaneous_joins_with_one_name_exactly_one_gets_in(
+    chat_server: ChatFactory, client: ClientFactory
+) -> None:
+    h = await chat_server()
+    bob = await ChatClient.join(client, h.server, "lobby", "bob")
+    count = 6
+    # Six sessions ask for "ada" at once: accepted, each handler asks the room manager.
+    sessions = await within(
+        asyncio.gather(*(client(h.server, "/chat/lobby?name=ada") for _ in range(count)))
+    )
+    outcomes = await within(asyncio.gather(*(joined_or_closed(s) for s in sessions)))
+    joined = [o for o in outcomes if isinstance(o, dict)]
+    refused = [o for o in outcomes if isinstance(o, CloseInfo)]
+    assert len(joined) == 1, outcomes
+    assert joined[0]["you"]["name"] == "ada"
+    assert len(refused) == count - 1
+    for info in refused:
+        assert (info.code, info.reason) == (NAME_TAKEN, "the name 'ada' is taken in room 'lobby'")
+        assert info.by_peer
+    room = await within(ask(h.chat.rooms, FindRoom("lobby")))
+    assert room is not None
+    assert [m.name for m in await within(ask(room, GetMembers()))] == ["bob", "ada"]
+    # Bob saw one ada come in, and nobody leave: the refused never were members.
+    assert (await bob.next_of("join"))["name"] == "ada"
+    bob.say("sync")
+    await bob.next_of("message", text="sync")
+    assert [m["type"] for m in bob.seen].count("leave") == 0
+    # The name is per room: another room's ada is fine.
+    await ChatClient.join(client, h.server, "kitchen", "ada")
+
+
+async def test_a_name_is_free_again_once_its_holder_left(
+    chat_server: ChatFactory, client: ClientFactory
+) -> None:
+    h = await chat_server()
+    ada = await ChatClient.join(client, h.server, "lobby", "ada")
+    bob = await ChatClient.join(client, h.server, "lobby", "bob")
+    second = await client(h.server, "/chat/lobby?name=ada")
+    info = await joined_or_closed(second)
+    assert isinstance(info, CloseInfo)
+    assert info.code == NAME_TAKEN
+    await ada.session.aclose()
+    await bob.next_of("leave", name="ada")
+    again = await ChatClient.join(client, h.server, "lobby", "ada")
+    assert again.you["id"] != ada.you["id"]
+    assert [m["name"] for m in again.history["members"]] == ["bob", "ada"]
 
 
 # --- validation ---------------------------------------------------------------------------------
