@@ -11,7 +11,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	# The editable build warns that ./aiowt shadows the installed package: it is that package.
-	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[dev,prometheus,otel,redis,qh3]'
+	PYTHONWARNINGS='ignore:Editable installation' $(PY) -m pip install --quiet -e '.[dev,prometheus,otel,redis,qh3,websocket]'
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -56,10 +56,12 @@ typecheck: $(STAMP)
 	cd $(TYPECHECK) && MYPYPATH=. $(CURDIR)/$(VENV)/bin/mypy --strict --config-file $(CURDIR)/pyproject.toml -p aiowt
 
 # Everything on the default engine (aioquic), then the end-to-end, reliability and server
-# suites again on qh3 (docs/engines.md says what differs and what the browsers need).
+# suites again on qh3 (docs/engines.md says what differs and what the browsers need), then
+# the end-to-end suite with its Python clients over WebSocket (docs/websocket.md).
 pytest: $(STAMP) system-packages $(CHAT_VENDOR)
 	$(PY) -m pytest -q
 	AIOWT_ENGINE=qh3 $(PY) -m pytest -q tests/e2e tests/reliability tests/aiowt
+	AIOWT_TRANSPORT=websocket $(PY) -m pytest -q tests/e2e
 
 test: lint typecheck pytest
 

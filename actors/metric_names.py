@@ -85,8 +85,8 @@ SESSION_BUCKETS: Final = (
 HANDSHAKES: Final = MetricSpec(
     "aiowt_handshakes_total",
     "counter",
-    ("route", "status"),
-    "CONNECT requests answered, by route and response status.",
+    ("route", "status", "transport"),
+    "Session requests answered, by route, response status and transport.",
 )
 HANDSHAKE_SECONDS: Final = MetricSpec(
     "aiowt_handshake_duration_seconds",
@@ -101,7 +101,10 @@ REJECTIONS: Final = MetricSpec(
     "CONNECT requests a middleware refused, by route, refusing middleware and status.",
 )
 SESSIONS_ACCEPTED: Final = MetricSpec(
-    "aiowt_sessions_accepted_total", "counter", ("route",), "Sessions accepted, by route."
+    "aiowt_sessions_accepted_total",
+    "counter",
+    ("route", "transport"),
+    "Sessions accepted, by route and transport (webtransport or websocket).",
 )
 SESSIONS_ACTIVE: Final = MetricSpec(
     "aiowt_sessions_active", "gauge", ("route",), "Sessions accepted and not ended, by route."

@@ -10,7 +10,7 @@ from aiowt.transport import UsageError
 
 from .server import Server
 
-__all__ = ["load_server"]
+__all__ = ["load_server", "serve_websocket"]
 
 
 def load_server(target: str) -> Server:
@@ -58,3 +58,21 @@ def _hint(obj: object) -> str:
             f' `server = Server()` and `server.route("/path", {name})`, then run MODULE:server'
         )
     return ": point MODULE:ATTR at the Server object (`server = Server()` in the module)"
+
+
+def serve_websocket(server: Server, mode: str | None, port: int | None) -> None:
+    """Apply `--websocket` (mode ``tls``) or `--websocket-plain` (``plain``) and its port."""
+    if mode is None:
+        if port is not None:
+            raise UsageError("--websocket-port needs --websocket or --websocket-plain")
+        return
+    try:
+        import websockets  # noqa: F401
+    except ImportError:
+        raise UsageError(
+            "--websocket needs the websocket extra: pip install 'aiowt[websocket]'"
+        ) from None
+    server.websocket = True
+    server.websocket_tls = mode == "tls"
+    if port is not None:
+        server.websocket_port = port

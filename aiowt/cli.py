@@ -12,7 +12,7 @@ from aiowt.transport import UsageError
 from aiowt.transport.engine import ENGINES, get_engine
 from aiowt.transport.tls import generate_self_signed, write_certificate
 
-from ._loading import load_server
+from ._loading import load_server, serve_websocket
 from .workers import supervise
 
 __all__ = ["main"]
@@ -54,6 +54,29 @@ def main(argv: Sequence[str] | None = None) -> int:
             "the QUIC library: aioquic or qh3 (Rust core; pip install 'aiowt[qh3]')"
             " (default: the server's, $AIOWT_ENGINE, else aioquic)"
         ),
+    )
+    websocket = run.add_mutually_exclusive_group()
+    websocket.add_argument(
+        "--websocket",
+        action="store_const",
+        const="tls",
+        help=(
+            "also serve the routes over WebSocket (wss://, TCP, same port number) for"
+            " clients without HTTP/3 (pip install 'aiowt[websocket]')"
+        ),
+    )
+    websocket.add_argument(
+        "--websocket-plain",
+        dest="websocket",
+        action="store_const",
+        const="plain",
+        help="as --websocket, but plain ws:// (behind a TLS proxy, or on localhost)",
+    )
+    run.add_argument(
+        "--websocket-port",
+        type=_port,
+        default=None,
+        help="the WebSocket TCP port (default: --port's number)",
     )
     run.add_argument(
         "--workers",
@@ -134,9 +157,12 @@ def _run(args: argparse.Namespace) -> int:
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             engine=args.engine,
+            websocket=args.websocket,
+            websocket_port=args.websocket_port,
         )
 
     server = load_server(args.target)
+    serve_websocket(server, args.websocket, args.websocket_port)
     if args.backend is not None:
         server.backend = backend_from_url(args.backend)
     if (args.cert is None) != (args.key is None):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import signal
 import time
 import types
@@ -38,6 +39,12 @@ from aiowt.transport.engine import QuicOptions, check_engine, default_engine
 from aiowt.transport.framing import DEFAULT_MAX_MESSAGE_SIZE
 from aiowt.transport.memory import connect_in_memory
 from aiowt.transport.tls import SelfSignedCertificate, certificate_hashes, generate_self_signed
+from aiowt.transport.websocket import (
+    IncomingWebSocket,
+    WebSocketListener,
+    listen_websocket,
+    server_ssl_context,
+)
 
 from .routing import Route, RouteGroup, Router
 
@@ -48,7 +55,10 @@ log = structlog.get_logger("aiowt.server")
 _CLOSE_DELIVERY_TIMEOUT = 1.0
 """Seconds shutdown waits for the peers to acknowledge the GOING_AWAY capsules."""
 
-INCOMING: Key[IncomingSession] = Key("aiowt.incoming")
+Incoming = IncomingSession | IncomingWebSocket
+"""A session request waiting for its verdict, over HTTP/3 or WebSocket."""
+
+INCOMING: Key[Incoming] = Key("aiowt.incoming")
 """The pending CONNECT of a context; only the terminal step uses it."""
 
 SessionHook = Callable[[SessionContext], Awaitable[None] | None]
@@ -86,6 +96,9 @@ class Server:
         services: Services | None = None,
         backend: Backend | None = None,
         engine: str | None = None,
+        websocket: bool = False,
+        websocket_port: int | None = None,
+        websocket_tls: bool = True,
     ) -> None:
         if engine is not None:
             check_engine(engine)
@@ -96,6 +109,14 @@ class Server:
         self.engine = engine or default_engine()
         """The QUIC library under the server: `aioquic` or `qh3` (default: `$AIOWT_ENGINE`,
         else aioquic)."""
+        self.websocket = websocket
+        """Also serve the same routes over WebSocket, on TCP (docs/websocket.md)."""
+        self.websocket_port = websocket_port
+        """The TCP port for WebSocket (default: the QUIC listener's port number)."""
+        self.websocket_tls = websocket_tls
+        """wss:// with the server's certificate; False serves plain ws:// (behind a proxy
+        that terminates TLS, or on localhost in development)."""
+        self._websocket_listener: WebSocketListener | None = None
         self._cert_file = cert_file
         self._key_file = key_file
         self.certificate = certificate
@@ -124,6 +145,7 @@ class Server:
         self._stopped: asyncio.Event | None = None
         self._frozen = False
         self._memory_options: QuicOptions | None = None
+        self._pems: tuple[bytes, bytes] | None = None
         self.on_connect: list[SessionHook] = []
         """Called with the context once a session is accepted, before its handler starts."""
         self.on_disconnect: list[SessionHook] = []
@@ -175,6 +197,13 @@ class Server:
         if self._listener is None:
             raise UsageError("the server is not listening")
         return self._listener.address
+
+    @property
+    def websocket_address(self) -> tuple[str, int]:
+        """The WebSocket listener's (host, port); `UsageError` when it is not listening."""
+        if self._websocket_listener is None:
+            raise UsageError("the server is not listening for WebSocket")
+        return self._websocket_listener.address
 
     @property
     def services(self) -> Services:
@@ -235,6 +264,7 @@ class Server:
             if self.certificate is None:
                 self.certificate = generate_self_signed()
             cert_pem, key_pem = self.certificate.cert_pem, self.certificate.key_pem
+        self._pems = (cert_pem, key_pem)
         return QuicOptions(
             is_client=False,
             idle_timeout=self.idle_timeout,
@@ -270,6 +300,8 @@ class Server:
             limits=self.connection_limits,
             reuse_port=self.reuse_port,
         )
+        if self.websocket:
+            await self._listen_websocket()
         for hook in self.on_startup:
             await _call_startup_hook(hook)
         host, port = self._listener.address
@@ -277,11 +309,41 @@ class Server:
             "listening",
             host=host,
             port=port,
+            websocket_port=self.websocket_address[1] if self.websocket else None,
             backend=self.backend.location,
             engine=self.engine,
             routes=[r.pattern for r in self._router.routes()],
             cert_sha256=(self._certificate_hashes() or (None,))[0],
         )
+
+    async def _listen_websocket(self) -> None:
+        assert self._listener is not None
+        assert self._pems is not None
+        port = self.websocket_port if self.websocket_port is not None else self.address[1]
+        try:
+            self._websocket_listener = await listen_websocket(
+                # "::" alone would be IPv6 only for TCP; None binds every address.
+                None if self.host in ("::", "", "0.0.0.0") else self.host,
+                port,
+                self._on_request,
+                ssl_context=server_ssl_context(*self._pems) if self.websocket_tls else None,
+                session_options=self._session_options(),
+                limits=self.connection_limits,
+                reuse_port=self.reuse_port,
+            )
+        except OSError as exc:
+            self._listener.close()
+            self._listener = None
+            if exc.errno == errno.EADDRINUSE:
+                raise UsageError(
+                    f"tcp port {port} is in use, so WebSocket cannot listen there: stop what"
+                    " holds it or choose another websocket_port (--websocket-port)"
+                ) from None
+            raise
+        except BaseException:
+            self._listener.close()
+            self._listener = None
+            raise
 
     async def connect_in_memory(
         self, path: str, *, headers: list[tuple[str, str]] | None = None
@@ -317,6 +379,10 @@ class Server:
         host, port = self.address
         shown = "localhost" if host in ("::", "0.0.0.0", "::1", "127.0.0.1") else host
         lines = [f"aiowt serving WebTransport on https://{shown}:{port} (udp {host})"]
+        if self._websocket_listener is not None:
+            scheme = "wss" if self.websocket_tls else "ws"
+            ws_port = self._websocket_listener.address[1]
+            lines.append(f"  and WebSocket on {scheme}://{shown}:{ws_port} (tcp)")
         lines += [f"  route {route.pattern}" for route in self._router.routes()]
         hashes = self._certificate_hashes()
         if hashes is not None:
@@ -376,8 +442,11 @@ class Server:
         self._memory_options = None
         if self._stopped is not None:
             self._stopped.set()
+        websocket_listener, self._websocket_listener = self._websocket_listener, None
         if listener is not None:
             listener.stop_accepting()
+        if websocket_listener is not None:
+            websocket_listener.stop_accepting()
         closing = list(self._live)
         for session in closing:
             with contextlib.suppress(SessionClosedError):
@@ -394,6 +463,8 @@ class Server:
         await wait_close_delivered(closing, _CLOSE_DELIVERY_TIMEOUT)
         if listener is not None:
             listener.close()
+        if websocket_listener is not None:
+            await websocket_listener.close()
         await self._close_middleware()
         for hook in self.on_shutdown:
             try:
@@ -421,12 +492,12 @@ class Server:
                 log.exception("middleware aclose failed", middleware=repr(middleware))
 
     # --- one request ------------------------------------------------------------------------------
-    def _on_request(self, incoming: IncomingSession) -> None:
+    def _on_request(self, incoming: Incoming) -> None:
         task = asyncio.get_running_loop().create_task(self._handle(incoming))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _handle(self, incoming: IncomingSession) -> None:
+    async def _handle(self, incoming: Incoming) -> None:
         match = self._router.match(incoming.request.path)
         if match is None:
             incoming.reject(404, "no route for this path")
@@ -454,7 +525,7 @@ class Server:
 
     @staticmethod
     def _reject(
-        incoming: IncomingSession,
+        incoming: Incoming,
         ctx: SessionContext,
         status: int,
         reason: str,

@@ -58,7 +58,7 @@ from aiowt.transport import UsageError
 from aiowt.transport.engine import ENGINES, check_engine
 from aiowt.transport.tls import generate_self_signed, write_certificate
 
-from ._loading import load_server
+from ._loading import load_server, serve_websocket
 from .worker_metrics import SNAPSHOT_SOCKET_ENV, MetricsGateway, serve_snapshot
 
 __all__ = ["Supervisor", "main", "run_worker", "supervise"]
@@ -106,6 +106,8 @@ class Supervisor:
         key_file: str,
         backend: str | None = None,
         engine: str | None = None,
+        websocket: str | None = None,
+        websocket_port: int | None = None,
         shutdown_timeout: float = 10.0,
         python: str = sys.executable,
         snapshot_sockets: Sequence[Path] = (),
@@ -119,6 +121,8 @@ class Supervisor:
         self.key_file = key_file
         self.backend = backend
         self.engine = engine
+        self.websocket = websocket
+        self.websocket_port = websocket_port
         self.shutdown_timeout = shutdown_timeout
         self.python = python
         self.workers = [_Worker(i) for i in range(workers)]
@@ -153,6 +157,12 @@ class Supervisor:
             self.key_file,
             *(("--backend", self.backend) if self.backend is not None else ()),
             *(("--engine", self.engine) if self.engine is not None else ()),
+            *(("--websocket", self.websocket) if self.websocket is not None else ()),
+            *(
+                ("--websocket-port", str(self.websocket_port))
+                if self.websocket_port is not None
+                else ()
+            ),
         ]
 
     def _spawn(self, worker: _Worker) -> None:
@@ -267,6 +277,8 @@ def supervise(
     metrics_port: int | None = None,
     metrics_host: str = "127.0.0.1",
     engine: str | None = None,
+    websocket: str | None = None,
+    websocket_port: int | None = None,
 ) -> int:
     """Serve `target` (`MODULE:ATTR`, a `Server`) from `workers` processes. Blocks.
 
@@ -276,11 +288,13 @@ def supervise(
     worker; a shared one (Redis) makes the limits cluster-wide. With `metrics_port`,
     ``GET /metrics`` there shows the sum of every worker's metrics
     (`aiowt.worker_metrics`; 0 picks a free port). `engine` replaces the server's QUIC
-    engine in every worker.
+    engine in every worker. `websocket` (``tls`` or ``plain``) and `websocket_port` serve
+    WebSocket too, every worker on the shared TCP port.
     """
     if engine is not None:
         check_engine(engine)
     server = load_server(target)
+    serve_websocket(server, websocket, websocket_port)
     if backend is not None:
         backend_from_url(backend)  # a bad URL fails here, once, not in every worker
     if (cert_file is None) != (key_file is None):
@@ -304,9 +318,13 @@ def supervise(
                     f"{certificate.spki_sha256_b64}"
                 )
         shown = "localhost" if host in ("::", "0.0.0.0", "::1", "127.0.0.1") else host
+        also = ""
+        if server.websocket:
+            scheme = "wss" if server.websocket_tls else "ws"
+            also = f"\n  and WebSocket on {scheme}://{shown}:{server.websocket_port or port} (tcp)"
         print(
             f"aiowt serving WebTransport on https://{shown}:{port} (udp {host}) with "
-            f"{workers} worker processes (SO_REUSEPORT){banner_cert}",
+            f"{workers} worker processes (SO_REUSEPORT){also}{banner_cert}",
             flush=True,
         )
         sockets = [Path(tmp) / f"metrics-{i}.sock" for i in range(workers)]
@@ -324,6 +342,8 @@ def supervise(
             key_file=key_file,
             backend=backend,
             engine=engine,
+            websocket=websocket,
+            websocket_port=websocket_port,
             shutdown_timeout=server.shutdown_timeout,
             snapshot_sockets=sockets if gateway is not None else (),
         )
@@ -351,11 +371,14 @@ def run_worker(
     key_file: str,
     backend: str | None = None,
     engine: str | None = None,
+    websocket: str | None = None,
+    websocket_port: int | None = None,
 ) -> int:
     """One worker: serve `target` on the shared port until SIGINT/SIGTERM."""
     for stream in (sys.stdout, sys.stderr):
         whole_lines(stream)
     server = load_server(target)
+    serve_websocket(server, websocket, websocket_port)
     if engine is not None:
         server.engine = engine
     if backend is not None:
@@ -405,6 +428,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--key", default=None)
     parser.add_argument("--backend", default=None, metavar="URL")
     parser.add_argument("--engine", default=None, choices=ENGINES)
+    parser.add_argument("--websocket", default=None, choices=("tls", "plain"))
+    parser.add_argument("--websocket-port", type=int, default=None)
     parser.add_argument("--metrics-port", type=int, default=None)
     parser.add_argument("--metrics-host", default="127.0.0.1")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -412,7 +437,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.worker:
             return run_worker(
-                args.target, args.host, args.port, args.cert, args.key, args.backend, args.engine
+                args.target,
+                args.host,
+                args.port,
+                args.cert,
+                args.key,
+                args.backend,
+                args.engine,
+                args.websocket,
+                args.websocket_port,
             )
         return supervise(
             args.target,
@@ -425,6 +458,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
             engine=args.engine,
+            websocket=args.websocket,
+            websocket_port=args.websocket_port,
         )
     except UsageError as exc:
         parser.error(str(exc))

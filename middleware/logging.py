@@ -257,7 +257,7 @@ class JsonAccessLog:
 
     ``duration`` (Go style, ``"34.679µs"``), ``duration_ms``, ``ip_address``
     (``"[::1]:62865"``), ``request_id``, ``status``, ``time`` (RFC 3339, when the
-    CONNECT arrived), ``url`` (path and redacted query); then ``method``, ``route``,
+    CONNECT arrived), ``url`` (path and redacted query); then ``method``, ``transport``, ``route``,
     ``session_id``, ``user_agent``, ``remote_user``, ``bytes_in``, ``bytes_out``,
     ``close_code``, and for a refusal ``reason`` and ``rejected_by``.
 
@@ -295,6 +295,7 @@ class JsonAccessLog:
             "time": record.start_time.astimezone().isoformat(),
             "url": request_url(ctx, self.redact),
             "method": ctx.method,
+            "transport": ctx.transport,
             "route": ctx.route_pattern,
             "session_id": ctx.session_id,
             "user_agent": ctx.user_agent,

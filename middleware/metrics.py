@@ -162,7 +162,8 @@ def report_session(ctx: SessionContext, metrics: MetricsRef) -> AbstractAsyncCon
 
     def accepted(_: Session) -> None:
         tell_quietly(metrics, AddGauge(names.SESSIONS_ACTIVE.name, 1, route, peak=_PEAK))
-        tell_quietly(metrics, Inc(names.SESSIONS_ACCEPTED.name, 1, route))
+        by_transport = {**route, "transport": ctx.transport}
+        tell_quietly(metrics, Inc(names.SESSIONS_ACCEPTED.name, 1, by_transport))
 
     when_accepted(ctx, accepted)
     return observe(ctx, functools.partial(_report_end, metrics, traffic))
@@ -180,7 +181,8 @@ def _report_end(
 ) -> None:
     route = {"route": ctx.route_pattern}
     status = str(record.status)
-    tell_quietly(metrics, Inc(names.HANDSHAKES.name, 1, {**route, "status": status}))
+    labels = {**route, "status": status, "transport": ctx.transport}
+    tell_quietly(metrics, Inc(names.HANDSHAKES.name, 1, labels))
     tell_quietly(
         metrics,
         Observe(

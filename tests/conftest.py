@@ -16,7 +16,23 @@ from aiowt import Server
 from aiowt.middleware.chain import CallNext
 from aiowt.transport import Session, SessionContext, connect
 from aiowt.transport.tls import SelfSignedCertificate, generate_self_signed
+from aiowt.transport.websocket import connect_websocket
 from tests.redis_server import RedisServer
+
+TRANSPORT = os.environ.get("AIOWT_TRANSPORT", "webtransport")
+"""What the `client` fixture connects with: `webtransport` (HTTP/3), or `websocket` (the
+servers of `make_server` then serve WebSocket too). `make test` runs the end-to-end
+suites once more with `AIOWT_TRANSPORT=websocket`."""
+OVER_WEBSOCKET = TRANSPORT == "websocket"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    if not OVER_WEBSOCKET:
+        return
+    skip = pytest.mark.skip(reason="about HTTP/3 or QUIC itself: not run over WebSocket")
+    for item in items:
+        if item.get_closest_marker("quic") is not None:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")
@@ -36,6 +52,9 @@ async def make_server(certificate: SelfSignedCertificate) -> AsyncIterator[Serve
         options.setdefault("host", "127.0.0.1")
         options.setdefault("port", 0)
         options.setdefault("certificate", certificate)
+        if OVER_WEBSOCKET:
+            options.setdefault("websocket", True)
+            options.setdefault("websocket_port", 0)
         server = Server(**options)
         configure(server)
         await server.start()
@@ -57,8 +76,14 @@ async def client(certificate: SelfSignedCertificate) -> AsyncIterator[ClientFact
 
     async def open_session(server: Server, path: str, **options: Any) -> Session:
         options.setdefault("cert_hash", certificate.sha256)
-        host, port = server.address
-        session = await asyncio.wait_for(connect(f"https://{host}:{port}{path}", **options), 10)
+        if OVER_WEBSOCKET:
+            options.pop("engine", None)
+            host, port = server.websocket_address
+            opening = connect_websocket(f"wss://{host}:{port}{path}", **options)
+        else:
+            host, port = server.address
+            opening = connect(f"https://{host}:{port}{path}", **options)
+        session = await asyncio.wait_for(opening, 10)
         sessions.append(session)
         return session
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-PAGES = ["testing.md", "stats.md", "engines.md"]
+PAGES = ["testing.md", "stats.md", "engines.md", "websocket.md"]
 
 
 def code_of(page: str) -> str:

@@ -93,6 +93,11 @@ class SessionContext:
         return self.request.headers
 
     @property
+    def transport(self) -> str:
+        """``webtransport`` (HTTP/3) or ``websocket``: what carries this session."""
+        return self.request.transport
+
+    @property
     def origin(self) -> str | None:
         return self.request.origin
 

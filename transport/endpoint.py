@@ -185,7 +185,9 @@ async def connect(
     session_options: dict[str, Any] | None = None,
     engine: str | None = None,
 ) -> Session:
-    """Open a WebTransport session to `url` (`https://host:port/path?query`).
+    """Open a WebTransport session to `url` (`https://host:port/path?query`), or a session
+    over WebSocket to a `wss://` or `ws://` URL (the `websocket` extra; `engine` and
+    `idle_timeout` are QUIC's and do not apply).
 
     `cert_hash` pins the server certificate's SHA-256 (bytes or hex), as browsers'
     `serverCertificateHashes` does; otherwise the certificate is verified against the
@@ -194,6 +196,18 @@ async def connect(
     library (`aioquic` or `qh3`, see `aiowt.transport.engine`).
     """
     parts = urlsplit(url)
+    if parts.scheme in ("wss", "ws"):
+        from .websocket import connect_websocket
+
+        return await connect_websocket(
+            url,
+            headers=headers,
+            cert_hash=cert_hash,
+            verify=verify,
+            ca_file=ca_file,
+            timeout=timeout,
+            session_options=session_options,
+        )
     if parts.scheme != "https" or not parts.hostname:
         raise UsageError(f"a WebTransport URL looks like https://host:port/path, not {url!r}")
     host, port = parts.hostname, parts.port or 443

@@ -79,6 +79,11 @@ class ConnectRequest:
         return {k: list(v) for k, v in parse_query(self.query_string, strict=False).items()}
 
     @property
+    def transport(self) -> str:
+        """``websocket`` for a WebSocket upgrade, else ``webtransport`` (HTTP/3)."""
+        return "websocket" if self.protocol == "websocket" else "webtransport"
+
+    @property
     def origin(self) -> str | None:
         return self.header("origin")
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .codes import CloseCode
 from .context import CloseInfo
@@ -47,10 +47,24 @@ from .framing import (
 )
 from .request import ConnectRequest
 
-if TYPE_CHECKING:
-    from .connection import WebTransportConnection
+__all__ = ["Carrier", "Session", "SessionTap", "Stream", "wait_close_delivered"]
 
-__all__ = ["Session", "SessionTap", "Stream", "wait_close_delivered"]
+
+class Carrier(Protocol):
+    """What carries a session's bytes: a QUIC connection (`WebTransportConnection`) or a
+    WebSocket (`mux.MuxConnection`). Sessions and streams send through it; it reports
+    what the peer does as the session's events."""
+
+    def open_stream(self, session: Session, unidirectional: bool) -> Stream: ...
+    def send_stream_data(self, stream: Stream, data: bytes, end_stream: bool) -> None: ...
+    def reset_stream(self, stream: Stream, code: int) -> None: ...
+    def stop_stream(self, stream: Stream, code: int) -> None: ...
+    def send_buffer_size(self, stream: Stream) -> int: ...
+    def watch_drain(self, stream: Stream) -> None: ...
+    def max_datagram_payload(self, session_id: int) -> int: ...
+    def send_datagram(self, session: Session, data: bytes) -> bool: ...
+    def close_session(self, session: Session, code: int, reason: str) -> None: ...
+    async def wait_delivered(self, stream_ids: Iterable[int], timeout: float) -> bool: ...
 
 
 class SessionTap:
@@ -315,7 +329,7 @@ class Session:
 
     def __init__(
         self,
-        protocol: WebTransportConnection,
+        protocol: Carrier,
         session_id: int,
         request: ConnectRequest,
         *,
@@ -580,7 +594,7 @@ async def wait_close_delivered(sessions: Iterable[Session], timeout: float) -> N
     QUIC does not order a session's close capsule before the CONNECTION_CLOSE that may
     follow it, so whoever closes connections after sessions waits for this first.
     """
-    by_connection: dict[WebTransportConnection, list[int]] = {}
+    by_connection: dict[Carrier, list[int]] = {}
     for session in sessions:
         by_connection.setdefault(session._protocol, []).append(session.session_id)
     await asyncio.gather(

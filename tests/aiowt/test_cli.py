@@ -59,6 +59,10 @@ BAD_INPUT = {
         ["examples.echo:server", "--cert", "/nowhere/cert.pem", "--key", "/nowhere/key.pem"],
         "--cert /nowhere/cert.pem: no such file",
     ),
+    "a WebSocket port without WebSocket": (
+        ["examples.echo:server", "--websocket-port", "4500"],
+        "--websocket-port needs --websocket or --websocket-plain",
+    ),
     "an address this host does not have": (
         ["examples.echo:server", "--host", "192.0.2.1", "--port", "0"],
         "cannot listen on 192.0.2.1",
@@ -110,3 +114,25 @@ async def test_the_banner_shows_the_hash_of_a_certificate_from_files(tmp_path: P
     finally:
         process.terminate()
         await process.wait()
+
+
+async def test_run_serves_websocket_beside_http3(tmp_path: Path) -> None:
+    process, port, _ = await start_server_process(
+        "examples.echo:server", tmp_path, "--websocket-plain", "--websocket-port", "0"
+    )
+    assert process.stdout is not None
+    try:
+        async with bounded(10):
+            line = (await process.stdout.readline()).decode()
+        assert line.startswith("  and WebSocket on ws://localhost:")
+        ws_port = int(line.split()[3].rsplit(":", 1)[1])
+        for url in (f"https://127.0.0.1:{port}/echo", f"ws://127.0.0.1:{ws_port}/echo"):
+            session = await connect(url, verify=False)
+            session.send_datagram(b"both")
+            async with bounded():
+                assert await session.receive_datagram() == b"both"
+            await session.aclose()
+    finally:
+        process.send_signal(signal.SIGTERM)
+        async with bounded(15):
+            assert await process.wait() == 0

@@ -77,7 +77,9 @@ async def test_one_scrape_shows_every_workers_sessions(tmp_path: Path) -> None:
                 served.append(int(dict(session.request.headers)["x-worker-pid"]))
                 await session.aclose()
         samples = await asyncio.to_thread(_scrape, url)
-        assert samples[("aiowt_sessions_accepted_total", (("route", "/pid"),))] == len(served)
+        assert samples[
+            ("aiowt_sessions_accepted_total", (("route", "/pid"), ("transport", "webtransport")))
+        ] == len(served)
         assert samples[("aiowt_workers", (("state", "answered"),))] == 2
         assert samples[("aiowt_workers", (("state", "missing"),))] == 0
     finally:

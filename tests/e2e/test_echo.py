@@ -82,6 +82,7 @@ async def test_largest_datagram_arrives_and_a_larger_one_raises(
         assert await session.receive_datagram() == b"after"
 
 
+@pytest.mark.quic
 async def test_many_streams_leave_no_http3_state_behind(
     make_server: ServerFactory, client: ClientFactory
 ) -> None:
@@ -119,6 +120,7 @@ async def test_stream_echo_preserves_any_chunking(
             assert await stream.read_all() == b"".join(chunks)
 
 
+@pytest.mark.quic
 async def test_connections_let_go_of_the_socket_when_the_listener_closes(
     make_server: ServerFactory, client: ClientFactory
 ) -> None:

@@ -305,6 +305,8 @@ async def peek_contextvars(ctx: SessionContext, call_next: CallNext) -> None:
     await call_next(ctx)
 
 
+# Its id carries a control character, which HTTP/1.1 (WebSocket) cannot carry at all.
+@pytest.mark.quic
 async def test_request_id(
     make_server: ServerFactory, client: ClientFactory, seen: asyncio.Queue[SessionContext]
 ) -> None:
@@ -457,6 +459,8 @@ async def test_subprotocol_negotiation(
 # --- bad input ----------------------------------------------------------------------------
 
 
+# HTTP/3's header limits; WebSocket's are in tests/e2e/test_websocket.py.
+@pytest.mark.quic
 async def test_bad_input_gets_a_clear_status_and_spares_other_sessions(
     make_server: ServerFactory, client: ClientFactory
 ) -> None:

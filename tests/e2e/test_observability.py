@@ -27,7 +27,7 @@ from aiowt.middleware.status import Status
 from aiowt.middleware.tracing import AdaptiveSampler, Tracing, parse_traceparent
 from aiowt.middleware.webhook import Webhook
 from aiowt.transport import HandshakeError, Rejected, SessionContext
-from tests.conftest import ClientFactory, ServerFactory, Unwound, bounded
+from tests.conftest import TRANSPORT, ClientFactory, ServerFactory, Unwound, bounded
 
 log = structlog.get_logger("tests.rooms")
 
@@ -142,8 +142,9 @@ async def test_operator_view_of_known_traffic(
     assert code == 200
     page = body.decode()
     rooms = {"route": "/rooms/{room}"}
-    assert prometheus_value(page, "aiowt_handshakes_total", **rooms, status="200") == 3
-    assert prometheus_value(page, "aiowt_handshakes_total", **rooms, status="401") == 1
+    carried = {**rooms, "transport": TRANSPORT}
+    assert prometheus_value(page, "aiowt_handshakes_total", **carried, status="200") == 3
+    assert prometheus_value(page, "aiowt_handshakes_total", **carried, status="401") == 1
     assert prometheus_value(page, "aiowt_handshake_rejections_total", middleware="token_auth") == 1
     assert prometheus_value(page, "aiowt_datagrams_total", **rooms, direction="in") == 6
     assert prometheus_value(page, "aiowt_datagram_bytes_total", **rooms, direction="out") == 300

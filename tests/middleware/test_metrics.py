@@ -113,11 +113,12 @@ async def test_prometheus_page_matches_known_traffic(
     text = body.decode()
     found = samples(text)
     route = {"route": "/echo/{room}"}
-    assert value(found, "aiowt_sessions_accepted_total", **route) == 2
+    by_transport = {**route, "transport": "webtransport"}
+    assert value(found, "aiowt_sessions_accepted_total", **by_transport) == 2
     assert value(found, "aiowt_sessions_active", **route) == 0
     assert value(found, "aiowt_sessions_active_peak") == 1
-    assert value(found, "aiowt_handshakes_total", **route, status="200") == 2
-    assert value(found, "aiowt_handshakes_total", **route, status="403") == 1
+    assert value(found, "aiowt_handshakes_total", **by_transport, status="200") == 2
+    assert value(found, "aiowt_handshakes_total", **by_transport, status="403") == 1
     assert (
         value(
             found, "aiowt_handshake_rejections_total", **route, middleware="Bouncer", status="403"
@@ -226,7 +227,8 @@ async def test_metrics_reports_to_the_servers_collector_when_given_none(
     await unwound.wait(1)
     assert metrics.service.started is server.services.metrics
     snapshot = await ask(server.services.metrics, TakeSnapshot())
-    assert snapshot.value("aiowt_sessions_accepted_total", {"route": "/echo/{room}"}) == 1
+    accepted = {"route": "/echo/{room}", "transport": "webtransport"}
+    assert snapshot.value("aiowt_sessions_accepted_total", accepted) == 1
 
 
 async def test_metrics_owns_a_collector_outside_a_server() -> None:
@@ -255,8 +257,9 @@ async def test_observers_sharing_a_collector_count_each_session_once(
     await unwound.wait(1)
     snapshot = await ask(collector, TakeSnapshot())
     route = {"route": "/echo/{room}"}
-    assert snapshot.value("aiowt_sessions_accepted_total", route) == 1
-    assert snapshot.value("aiowt_handshakes_total", {**route, "status": "403"}) == 1
+    by_transport = {**route, "transport": "webtransport"}
+    assert snapshot.value("aiowt_sessions_accepted_total", by_transport) == 1
+    assert snapshot.value("aiowt_handshakes_total", {**by_transport, "status": "403"}) == 1
     refused = {**route, "middleware": "Bouncer", "status": "403"}
     assert snapshot.value("aiowt_handshake_rejections_total", refused) == 1
 

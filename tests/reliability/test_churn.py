@@ -263,8 +263,9 @@ async def test_churn_leaves_nothing_behind(
         # Metrics and ConcurrencyStats share the collector: each session counted once.
         assert snapshot.total(names.SESSIONS_ACTIVE.name) == 0
         assert (await stats.read()).accepted == total
-        assert snapshot.value(names.SESSIONS_ACCEPTED.name, {"route": ROUTE}) == total
-        assert snapshot.value(names.HANDSHAKES.name, {"route": ROUTE, "status": "200"}) == total
+        carried = {"route": ROUTE, "transport": "webtransport"}
+        assert snapshot.value(names.SESSIONS_ACCEPTED.name, carried) == total
+        assert snapshot.value(names.HANDSHAKES.name, {**carried, "status": "200"}) == total
         growth = memory_after - memory_before
         print(f"churn: {dict(outcomes)} killed={KILLED} growth={growth} B seconds={timings}")
         assert growth < MEMORY_BOUND, f"traced memory grew by {growth} bytes"
