@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
 TYPECHECK := build/typecheck
 
-.PHONY: demo demo-cluster test lint typecheck pytest system-packages bench soak clean
+.PHONY: demo demo-cluster test lint typecheck jstest pytest system-packages bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,9 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-CHAT_VENDOR := examples/chat/static/vendor/msgpack.min.js
+JS_CLIENT := clients/js/dist/aiowt-client.js
+JS_INSTALLED := clients/js/node_modules/.package-lock.json
+CHAT_VENDOR := examples/chat/static/vendor/aiowt-client.js
 
 # The main job: the chat demo (WebTransport on udp 4433, its page on http://localhost:4434).
 demo: $(STAMP) $(CHAT_VENDOR)
@@ -25,10 +27,22 @@ demo: $(STAMP) $(CHAT_VENDOR)
 demo-cluster: $(STAMP) $(CHAT_VENDOR) system-packages
 	$(PY) -m examples.chat.cluster
 
-# The chat page's msgpack (@msgpack/msgpack, pinned by package-lock.json); npm ci's
-# postinstall copies its UMD build to examples/chat/static/vendor/.
-$(CHAT_VENDOR): examples/chat/package.json examples/chat/package-lock.json
-	npm ci --prefix examples/chat --no-audit --no-fund
+# The browser client package (clients/js: TypeScript, its own npm ci and build); the chat
+# page loads its browser bundle (msgpack inlined) from static/vendor/.
+$(JS_INSTALLED): clients/js/package.json clients/js/package-lock.json
+	npm ci --prefix clients/js --no-audit --no-fund
+	touch $@
+
+$(JS_CLIENT): $(JS_INSTALLED) $(wildcard clients/js/src/*.ts) clients/js/tsconfig.json
+	npm run --prefix clients/js build
+
+$(CHAT_VENDOR): $(JS_CLIENT)
+	mkdir -p $(@D)
+	cp $< $@
+
+# The client package's own unit tests (node's test runner).
+jstest: $(JS_INSTALLED)
+	npm test --prefix clients/js
 
 # Debian's Chromium and Redis for the browser and cluster tests (root on CI; skipped where
 # apt is absent). Redis is only installed: the tests start their own servers.
@@ -63,7 +77,7 @@ pytest: $(STAMP) system-packages $(CHAT_VENDOR)
 	AIOWT_ENGINE=qh3 $(PY) -m pytest -q tests/e2e tests/reliability tests/aiowt
 	AIOWT_TRANSPORT=websocket $(PY) -m pytest -q tests/e2e
 
-test: lint typecheck pytest
+test: lint typecheck jstest pytest
 
 bench: $(STAMP) system-packages
 	$(PY) -m pip install --quiet -e '.[bench]'
@@ -75,4 +89,4 @@ soak: $(STAMP)
 	AIOWT_SOAK=1 $(PY) -m pytest -s tests/reliability
 
 clean:
-	rm -rf $(VENV) build examples/chat/node_modules examples/chat/static/vendor
+	rm -rf $(VENV) build examples/chat/static/vendor clients/js/node_modules clients/js/dist clients/js/build-test

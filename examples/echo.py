@@ -25,7 +25,7 @@ class Echo(Handler):
                 del self._replies[stream.stream_id]
             else:
                 await reply.drain()
-        else:
+        elif stream.writable:  # not if the peer stopped reading (STOP_SENDING)
             stream.write(data, end_stream=end_stream)
             if not end_stream:
                 # Wait while the peer reads slower than it writes: without it a large

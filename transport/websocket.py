@@ -154,6 +154,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._incoming: IncomingWebSocket | None = None
         self._fragments: bytearray | None = None
         self._close_timer: asyncio.TimerHandle | None = None
+        self._request_timer: asyncio.TimerHandle | None = None
         loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.opened: asyncio.Future[Session] = loop.create_future()
@@ -170,6 +171,11 @@ class WebSocketConnection(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=_WRITE_HIGH)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer_address = (str(peer[0]), int(peer[1]))
+        if not self.is_client:
+            # A socket that never sends its upgrade request holds nothing for long.
+            self._request_timer = asyncio.get_running_loop().call_later(
+                self.limits.idle_timeout, self._transport.abort
+            )
         if self.is_client:
             client = cast("ClientProtocol", self.ws)
             request = client.connect()
@@ -190,8 +196,9 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        if self._close_timer is not None:
-            self._close_timer.cancel()
+        for timer in (self._close_timer, self._request_timer):
+            if timer is not None:
+                timer.cancel()
         if self._incoming is not None and not self._incoming.decided:
             self._incoming.gone = True
         code = self.ws.close_code
@@ -285,6 +292,9 @@ class WebSocketConnection(asyncio.Protocol):
 
     # --- server side -----------------------------------------------------------------------
     def _request(self, request: Request) -> None:
+        if self._request_timer is not None:
+            self._request_timer.cancel()
+            self._request_timer = None
         server = cast("ServerProtocol", self.ws)
         response = server.accept(request)
         if response.status_code != 101:

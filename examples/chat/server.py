@@ -1,7 +1,7 @@
 """The chat demo: rooms over WebTransport, and a browser page to use them.
 
-Run it with `python -m examples.chat` (after `npm ci --prefix examples/chat`, which
-puts the browser's msgpack library in `static/vendor/`); it prints the URL to open.
+Run it with `make demo` (which builds the browser client, clients/js, into
+`static/vendor/`, then runs `python -m examples.chat`); it prints the URL to open.
 `aiowt run examples.chat.server:server` serves the WebTransport side alone. With
 `--backend redis://...` the rooms are shared with every other process on that Redis;
 `--workers N` serves from N processes on one port (the first one serves the page).
@@ -226,8 +226,15 @@ class Chat:
         return server
 
     def web_config(self, port: int, certificate_hashes: tuple[str, ...] = ()) -> WebConfig:
-        """What the page is told: where the server is, and the gate's rules."""
-        return WebConfig(port, certificate_hashes, rules=self.gate.rules())
+        """What the page is told: where the server is (and its ws:// port, when it serves
+        plain WebSocket), and the gate's rules."""
+        server = self._server
+        websocket_port = None
+        if server is not None and server.websocket and not server.websocket_tls:
+            websocket_port = server.websocket_address[1]
+        return WebConfig(
+            port, certificate_hashes, rules=self.gate.rules(), websocket_port=websocket_port
+        )
 
     @property
     def rooms(self) -> ActorRef[RoomManager]:
@@ -373,8 +380,11 @@ def leave_reason(info: CloseInfo | None) -> str:
 
 chat = Chat()
 """The demo's chat, installed on `server`."""
-server = chat.install(Server())
-"""The demo's WebTransport server (`aiowt run examples.chat.server:server`)."""
+server = chat.install(Server(websocket=True, websocket_tls=False))
+"""The demo's server (`aiowt run examples.chat.server:server`): WebTransport on UDP, and
+plain ws:// on TCP (same port) for browsers without WebTransport or UDP. Plain, because
+a browser cannot pin a self-signed certificate for a WebSocket; in production put a
+TLS-terminating proxy in front (docs/websocket.md)."""
 
 
 # --- `python -m examples.chat` ----------------------------------------------------------------

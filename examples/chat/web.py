@@ -46,9 +46,10 @@ class WebConfig:
     """What the page is told in `/config.json`: the WebTransport port, path and pins.
 
     `port` may be a callable, read on each request, so the config can follow a server
-    that was bound to port 0. `rules` are the server's checks of room and name
-    (`ChatGate.rules()`, `Chat.web_config` passes them); without them the page leaves
-    every check to the server.
+    that was bound to port 0; `websocket_port` is the server's plain ws:// port, if any.
+    `rules` are the server's checks of room and name (`ChatGate.rules()`,
+    `Chat.web_config` passes them); without them the page leaves every check to the
+    server.
     """
 
     def __init__(
@@ -57,11 +58,15 @@ class WebConfig:
         certificate_hashes: tuple[str, ...] = (),
         path: str = "/chat/",
         rules: Mapping[str, Mapping[str, str | int]] | None = None,
+        websocket_port: int | None = None,
     ) -> None:
         self._port = port
         self.certificate_hashes = certificate_hashes
         self.path = path
         self.rules = rules
+        self.websocket_port = websocket_port
+        """Where the server serves plain ws:// too: the page falls back to it when the
+        browser has no WebTransport or cannot reach UDP (None: WebTransport only)."""
 
     def __repr__(self) -> str:
         return f"WebConfig(port={self.port}, path={self.path!r})"
@@ -77,6 +82,7 @@ class WebConfig:
                 "path": self.path,
                 "certificateHashes": list(self.certificate_hashes),
                 "rules": self.rules or {},
+                "websocketPort": self.websocket_port,
             }
         ).encode()
 

@@ -53,9 +53,12 @@ BROWSER_FLAGS = (
 )
 
 
-def require_vendor_msgpack() -> None:
-    if not (STATIC_DIR / "vendor" / "msgpack.min.js").is_file():
-        message = "the chat page's msgpack is not built: run `npm ci --prefix examples/chat`"
+def require_vendor_client() -> None:
+    if not (STATIC_DIR / "vendor" / "aiowt-client.js").is_file():
+        message = (
+            "the chat page's client is not built:"
+            " run `make examples/chat/static/vendor/aiowt-client.js`"
+        )
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
@@ -137,7 +140,8 @@ class Tab:
         self.session = session
 
     @classmethod
-    async def open(cls, devtools: DevTools, url: str) -> Tab:
+    async def open(cls, devtools: DevTools, url: str, *, before_load: str = "") -> Tab:
+        """A new window on `url`; `before_load` (JavaScript) runs before the page's own."""
         target = (
             await devtools.call("Target.createTarget", {"url": "about:blank", "newWindow": True})
         )["targetId"]
@@ -147,6 +151,12 @@ class Tab:
         tab = cls(devtools, target, attached["sessionId"])
         await devtools.call("Runtime.enable", session=tab.session)
         await devtools.call("Page.enable", session=tab.session)
+        if before_load:
+            await devtools.call(
+                "Page.addScriptToEvaluateOnNewDocument",
+                {"source": before_load},
+                session=tab.session,
+            )
         await devtools.call("Page.navigate", {"url": url}, session=tab.session)
         await devtools.event(tab.session, "Page.loadEventFired")
         return tab
@@ -277,7 +287,7 @@ async def test_two_browser_tabs_and_a_python_client_chat_in_one_room(
     make_server: ServerFactory, client: ClientFactory
 ) -> None:
     require_chromium()
-    require_vendor_msgpack()
+    require_vendor_client()
     chat = Chat()
     server = await make_server(chat.install)
     assert server.certificate is not None
@@ -377,7 +387,7 @@ async def chat_page(
 ) -> AsyncIterator[ChatPage]:
     """`rules`: the gate whose rules the page is told (default: the server's own)."""
     require_chromium()
-    require_vendor_msgpack()
+    require_vendor_client()
     KickableChatSession.by_name = {}
     chat = Chat(config)
     server = await make_server(lambda s: chat.install(s, handler=KickableChatSession))
@@ -444,6 +454,52 @@ def assert_ended(view: dict[str, Any]) -> None:
     assert view["members"] == [], view
     assert view["typing"] == "", view
     assert view["joinForm"], view
+
+
+async def test_without_webtransport_the_page_chats_over_websocket(
+    make_server: ServerFactory, client: ClientFactory
+) -> None:
+    require_chromium()
+    require_vendor_client()
+    chat = Chat()
+    server = await make_server(chat.install, websocket=True, websocket_port=0, websocket_tls=False)
+    assert server.certificate is not None
+    config = chat.web_config(server.address[1], (server.certificate.sha256_hex,))
+    assert config.websocket_port == server.websocket_address[1]
+    try:
+        async with ChatWebServer(config, host="127.0.0.1", port=0) as web, browser() as devtools:
+            py, inbox = await join_as_python(client, server)
+            page = f"http://127.0.0.1:{web.address[1]}/?room=browsers&name="
+            # A browser without WebTransport (Safari before 26.4): the page falls back.
+            hidden = "delete window.WebTransport;"
+            ada = await Tab.open(devtools, page + "ada", before_load=hidden)
+            bob = await Tab.open(devtools, page + "bob", before_load=hidden)
+            for tab in (ada, bob):
+                await tab.wait_for('document.body.dataset.state === "joined"')
+                assert await tab.evaluate("document.body.dataset.transport") == "websocket"
+                status = await tab.evaluate('document.getElementById("status").textContent')
+                assert status.endswith("(over WebSocket)")
+            assert {s.request.transport for s in server.sessions} == {
+                "webtransport",  # the Python member
+                "websocket",
+            }
+            joined = {(await next_of(inbox, "join"))["name"] for _ in range(2)}
+            assert joined == {"ada", "bob"}
+            await ada.say("hello over tcp")
+            await bob.wait_for_message("ada", "hello over tcp")
+            assert (await next_of(inbox, "message"))["text"] == "hello over tcp"
+            # Typing signals are datagrams: over WebSocket they still arrive.
+            typing = await asyncio.wait_for(py.receive_datagram_message(), TIMEOUT)
+            assert (typing["type"], typing["from"]) == ("typing", "ada")
+            py.open_stream().send_message({"type": "say", "text": "python over quic"})
+            for tab in (ada, bob):
+                await tab.wait_for_message("py", "python over quic")
+            await ada.close()
+            left = await next_of(inbox, "leave", name="ada")
+            assert left["reason"] in ("left", "disconnected")
+    finally:
+        await server.shutdown(timeout=5)
+        await chat.aclose()
 
 
 async def test_after_leave_nothing_stale_stays_and_the_room_can_be_joined_again(

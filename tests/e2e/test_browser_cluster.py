@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 
 from tests.browser import require_chromium
 from tests.conftest import REPO, bounded
-from tests.e2e.test_browser_chat import Tab, browser, require_vendor_msgpack
+from tests.e2e.test_browser_chat import Tab, browser, require_vendor_client
 from tests.redis_server import RedisServer
 
 _PAGE = re.compile(r"(?:open|chat page on) http://localhost:(\d+)/")
@@ -66,7 +66,7 @@ async def chat_process(backend: str) -> AsyncIterator[int]:
 
 async def test_two_pages_on_two_processes_chat_through_redis(redis_server: RedisServer) -> None:
     require_chromium()
-    require_vendor_msgpack()
+    require_vendor_client()
     backend = redis_server.url()
     async with (
         chat_process(backend) as first,

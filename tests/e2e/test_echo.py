@@ -133,3 +133,20 @@ async def test_connections_let_go_of_the_socket_when_the_listener_closes(
             break
         await asyncio.sleep(0)
     assert connection._transport is None  # nothing is sent on a closed socket
+
+
+async def test_a_stream_the_client_stops_reading_does_not_end_the_session(
+    make_server: ServerFactory, client: ClientFactory
+) -> None:
+    server = await make_server(echo_routes)
+    session = await client(server, "/echo")
+    stream = session.open_stream()
+    stream.write(b"first")
+    async with bounded():
+        assert await stream.read(5) == b"first"
+    stream.stop(0)  # the client reads no more of it: the echo must not write to it
+    stream.write(b"second", end_stream=True)
+    session.send_datagram(b"alive?")
+    async with bounded():
+        assert await session.receive_datagram() == b"alive?"
+    assert not session.closed

@@ -23,7 +23,14 @@ from aiowt.middleware.auth import BearerAuth, StaticTokens
 from aiowt.middleware.limits import MaxSessions
 from aiowt.middleware.logging import JsonAccessLog
 from aiowt.middleware.metrics import Metrics
-from aiowt.transport import CloseCode, HandshakeError, Session, UsageError, connect
+from aiowt.transport import (
+    CloseCode,
+    ConnectionLimits,
+    HandshakeError,
+    Session,
+    UsageError,
+    connect,
+)
 from aiowt.transport.mux import MAX_FRAME, FrameType, encode_frame
 from aiowt.transport.tls import SelfSignedCertificate
 from aiowt.transport.websocket import connect_websocket
@@ -286,3 +293,21 @@ async def test_a_flooding_stream_does_not_starve_another_on_the_same_socket(
         await reader
     assert echoed == flood_size
     await session.aclose()
+
+
+async def test_a_socket_that_never_sends_its_upgrade_is_dropped(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(
+        echo_routes,
+        websocket=True,
+        websocket_port=0,
+        websocket_tls=False,
+        connection_limits=ConnectionLimits(idle_timeout=0.5),
+    )
+    host, port = server.websocket_address
+    reader, writer = await asyncio.open_connection(host, port)
+    async with bounded(5):
+        assert await reader.read() == b""  # the server hung up
+    writer.close()
+    assert server.live_sessions == 0

@@ -1,8 +1,5 @@
-// The aiowt chat page: WebTransport to /chat/{room}?name=..., msgpack on the wire.
-//
-// msgpack comes from the @msgpack/msgpack package (its UMD build, the global
-// `MessagePack`), copied to vendor/ by `npm ci --prefix examples/chat`. The frames
-// around it are aiowt's stream framing: a 4-byte big-endian length, then the body.
+// The aiowt chat page: a session to /chat/{room}?name=..., msgpack on the wire, through
+// aiowt's browser client (clients/js; `make demo` builds it into vendor/).
 //
 // Open with ?room=lobby&name=ada to join at once. The page's state is on
 // <body data-state="idle|connecting|joined|closed|refused|error">: `refused` when
@@ -17,133 +14,95 @@ function setState(state, text) {
   $("status").textContent = text;
 }
 
-if (typeof MessagePack === "undefined") {
-  setState("error", "msgpack library missing: run `npm ci --prefix examples/chat`");
-  throw new Error("vendor/msgpack.min.js did not load");
-}
-const { encode, decode } = MessagePack;
+import { CloseCode, MalformedMessage, connect } from "./vendor/aiowt-client.js";
+
 const TYPING_EVERY_MS = 1500;
 const TYPING_SHOWN_MS = 3000;
 
-// === wire: framing, connect, datagrams ======================================================
-// Everything that touches WebTransport or the byte format is in this section, behind
-// one function, `connectChat`; the rest of the page sees decoded maps only. (To be
-// replaced by the aiowt JS client package, clients/js, with the same shape.)
+// === wire: the aiowt client package ===========================================================
+// The session is the aiowt browser client's (clients/js, built into vendor/ by `make`):
+// WebTransport, or WebSocket when the browser has no WebTransport or cannot reach the
+// server over HTTP/3 (`config.websocketPort`), msgpack messages on streams and datagrams.
+// The rest of the page sees decoded maps only.
 //
 // connectChat(config, room, name, {onMessage, onSignal}) returns a wire:
 //   url               the session's URL
 //   ready             resolves once the session is open and our stream is ready;
 //                     rejects if not (then `closed` says how it ended)
-//   closed            always resolves, with {closeCode, reason, error}: closeCode and
-//                     reason from the session's close (ours or the server's), or
-//                     closeCode null and `error` the text of the failure
-//   send(message)     a map on our bidirectional stream (length-prefixed msgpack)
+//   closed            always resolves, with {closeCode, reason, error, transport}:
+//                     closeCode and reason from the session's close (ours or the
+//                     server's), or closeCode null and `error` the text of the failure
+//   send(message)     a map on our bidirectional stream
 //   signal(message)   a map as one datagram (unreliable)
 //   close(code, reason)
+//   transport         "webtransport" or "websocket" once open, else null
 // onMessage(map) gets each map of the server's streams, onSignal(map) each datagram.
-
-function frame(message) {
-  const body = encode(message);
-  const out = new Uint8Array(4 + body.length);
-  new DataView(out.buffer).setUint32(0, body.length);
-  out.set(body, 4);
-  return out;
-}
-
-class FrameReader {
-  constructor() {
-    this.buffer = new Uint8Array(0);
-  }
-
-  // Appends a chunk; returns every complete message it finished.
-  push(chunk) {
-    const joined = new Uint8Array(this.buffer.length + chunk.length);
-    joined.set(this.buffer);
-    joined.set(chunk, this.buffer.length);
-    this.buffer = joined;
-    const messages = [];
-    while (this.buffer.length >= 4) {
-      const length = new DataView(this.buffer.buffer, this.buffer.byteOffset).getUint32(0);
-      if (this.buffer.length < 4 + length) break;
-      messages.push(decode(this.buffer.subarray(4, 4 + length)));
-      this.buffer = this.buffer.slice(4 + length);
-    }
-    return messages;
-  }
-}
-
-function hexToBytes(hex) {
-  return new Uint8Array(hex.match(/../g).map((h) => parseInt(h, 16)));
-}
 
 function connectChat(config, room, name, { onMessage, onSignal }) {
   const url = new URL(
     `https://${location.hostname}:${config.port}${config.path}${encodeURIComponent(room)}`,
   );
   if (name) url.searchParams.set("name", name);
-  const options = {};
-  if (config.certificateHashes.length) {
-    options.serverCertificateHashes = config.certificateHashes.map((hex) => ({
-      algorithm: "sha-256",
-      value: hexToBytes(hex),
-    }));
+  const options = { certificateHashes: config.certificateHashes };
+  if (config.websocketPort) {
+    // Plain ws:// on the page's own host: a browser cannot pin a certificate for wss.
+    options.websocketUrl = `ws://${location.host.split(":")[0]}:${config.websocketPort}${url.pathname}${url.search}`;
+  } else {
+    options.transport = "webtransport";
   }
-  const transport = new WebTransport(url.href, options);
-  const closed = transport.closed.then(
-    (info) => ({ closeCode: info?.closeCode ?? 0, reason: info?.reason ?? "", error: null }),
-    (error) => ({ closeCode: null, reason: "", error: String(error?.message || error) }),
-  );
-  const datagrams = transport.datagrams.writable.getWriter();
-  let writer = null;
+  let settle;
+  const closed = new Promise((resolve) => (settle = resolve));
+  let session = null;
+  let stream = null;
   const ready = (async () => {
-    await transport.ready;
-    readStreams(transport, onMessage).catch(() => {});
-    readDatagrams(transport, onSignal).catch(() => {});
+    session = await connect(url.href, options);
+    session.closed.then((info) =>
+      settle(
+        info.code === CloseCode.ABORTED
+          ? { closeCode: null, reason: "", error: info.reason || "connection lost", transport: session.transport }
+          : { closeCode: info.code, reason: info.reason, error: null, transport: session.transport },
+      ),
+    );
+    readStreams(session, onMessage).catch(() => {});
+    readDatagrams(session, onSignal).catch(() => {});
     // Our messages go on one stream we open, so the server gets them in order.
-    writer = (await transport.createBidirectionalStream()).writable.getWriter();
+    stream = await session.openStream();
+    return session.transport;
   })();
-  ready.catch(() => {
-    try {
-      transport.close({ closeCode: 0, reason: "could not open a stream" });
-    } catch {
-      // closed already
-    }
+  ready.catch((error) => {
+    settle({ closeCode: null, reason: "", error: String(error?.message || error), transport: null });
+    session?.close(0, "could not open a stream");
   });
   return {
     url,
     ready,
     closed,
-    send: (message) => writer.write(frame(message)),
-    signal: (message) => datagrams.write(encode(message)),
-    close: (closeCode, reason) => transport.close({ closeCode, reason }),
+    get transport() {
+      return session?.transport ?? null; // "webtransport" or "websocket", once open
+    },
+    send: (message) => stream.send(message),
+    signal: (message) => session.sendDatagram(message),
+    close: (closeCode, reason) => session?.close(closeCode, reason),
   };
 }
 
-async function readStreams(transport, onMessage) {
-  const streams = transport.incomingUnidirectionalStreams.getReader();
-  for (;;) {
-    const { value, done } = await streams.read();
-    if (done) return;
-    readFrames(value, onMessage).catch(() => {});
+async function readStreams(session, onMessage) {
+  for await (const incoming of session.incomingStreams()) {
+    (async () => {
+      for await (const message of incoming.messages()) onMessage(message);
+    })().catch(() => {});
   }
 }
 
-async function readFrames(readable, onMessage) {
-  const reader = readable.getReader();
-  const frames = new FrameReader();
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    for (const message of frames.push(value)) onMessage(message);
-  }
-}
-
-async function readDatagrams(transport, onSignal) {
-  const reader = transport.datagrams.readable.getReader();
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) return;
-    onSignal(decode(value));
+async function readDatagrams(session, onSignal) {
+  // A datagram that is not msgpack ends one pass of the iterator; the next goes on.
+  while (!session.isClosed) {
+    try {
+      for await (const message of session.datagrams()) onSignal(message);
+      return;
+    } catch (error) {
+      if (!(error instanceof MalformedMessage)) return;
+    }
   }
 }
 
@@ -177,7 +136,13 @@ async function join(room, name) {
     return;
   }
   setState("connecting", `connecting to ${location.hostname}:${config.port}…`);
-  const session = { wire: null, room, you: null, members: new Map(), lastTyping: 0 };
+  const session = {
+    wire: null,
+    room,
+    you: null,
+    members: new Map(),
+    lastTyping: 0,
+  };
   current = session;
   session.wire = connectChat(config, room, name, {
     onMessage: (message) => handle(session, message),
@@ -187,6 +152,13 @@ async function join(room, name) {
   // The view changes with the `history` message: a session the server closes at once
   // (a taken name) leaves the last one's view as it was.
   await session.wire.ready.catch(() => {}); // if it fails, `ended` says why
+}
+
+// The transport, where it is not the usual one (the page's state carries it always).
+function over(session) {
+  const transport = session.wire.transport;
+  document.body.dataset.transport = transport ?? "";
+  return transport === "websocket" ? " (over WebSocket)" : "";
 }
 
 function handle(session, message) {
@@ -203,7 +175,7 @@ function handle(session, message) {
       for (const member of message.members) session.members.set(member.id, member.name);
       for (const posted of message.messages) addMessage(posted);
       renderMembers(session);
-      setState("joined", `in ${session.room} as ${session.you.name}`);
+      setState("joined", `in ${session.room} as ${session.you.name}${over(session)}`);
       break;
     case "join":
       session.members.set(message.id, message.name);
