@@ -81,6 +81,7 @@ test: lint typecheck jstest pytest
 
 bench: $(STAMP) system-packages
 	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) -m bench.websocket
 	$(PY) -m bench --profile
 	$(PY) -m bench.cluster
 

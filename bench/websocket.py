@@ -11,7 +11,8 @@ Scenarios, each measured as the server's CPU per operation (the client's cost is
 the server's): a datagram echo (one WebSocket message each way for both servers), and
 request/response on a stream (a msgpack frame; raw: a message). The ratio is raw CPU per
 operation over aiowt's: 1.0x means as cheap as the raw server. Results go to
-`bench/results/websocket.json` and the table to stdout (docs/performance.md quotes it).
+`bench/results/websocket.json`, the table to `bench/analysis.md` (which
+docs/performance.md includes) and stdout.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ import subprocess
 import sys
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from ._proc import REPO, cpu_seconds, log, machine
 
 RESULTS = REPO / "bench" / "results" / "websocket.json"
+DOCS = (REPO / "bench" / "analysis.md", REPO / "docs" / "performance.md")
+"""Where the table goes (between the `bench.websocket` markers): the analysis, and the
+performance page that includes it."""
 KINDS = ("raw-websockets", "aiowt-ws")
 PAYLOAD = {"type": "say", "text": "x" * 48}
 
@@ -175,16 +180,26 @@ async def _run(quick: bool) -> dict[str, Any]:
 
 def render(results: dict[str, Any]) -> str:
     lines = [
-        "| scenario | raw websockets (µs CPU/op) | aiowt over WebSocket (µs CPU/op) | ratio |",
-        "| --- | --- | --- | --- |",
+        "| scenario | server CPU per op, raw / aiowt (µs) | CPU ratio | round trips/s,"
+        " raw / aiowt | latency, raw / aiowt (µs) |",
+        "| --- | --- | --- | --- | --- |",
     ]
     for name, row in results["scenarios"].items():
         raw, ours = row["raw-websockets"], row["aiowt-ws"]
         lines.append(
-            f"| {name} | {raw['server_cpu_us_per_op']:.1f} | "
-            f"{ours['server_cpu_us_per_op']:.1f} | {row['ratio']:.2f}x |"
+            f"| {name} | {raw['server_cpu_us_per_op']:.1f} / {ours['server_cpu_us_per_op']:.1f}"
+            f" | {row['ratio']:.2f}x | {raw['ops_per_second']:,.0f} / {ours['ops_per_second']:,.0f}"
+            f" | {raw['latency_us']:.0f} / {ours['latency_us']:.0f} |"
         )
     return "\n".join(lines)
+
+
+def write_table(table: str, doc: Path) -> None:
+    """Replace what is between the page's `bench.websocket` markers with `table`."""
+    begin, end = "<!-- bench.websocket -->", "<!-- /bench.websocket -->"
+    head, rest = doc.read_text().split(begin, 1)
+    _, tail = rest.split(end, 1)
+    doc.write_text(f"{head}{begin}\n{table}\n{end}{tail}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -197,10 +212,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.serve == "aiowt-ws":
         asyncio.run(_serve_aiowt())
     results = asyncio.run(_run(args.quick))
+    table = render(results)
     if not args.quick:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         RESULTS.write_text(json.dumps(results, indent=2))
-    print(render(results))
+        for doc in DOCS:
+            write_table(table, doc)
+    print(table)
     return 0
 
 
