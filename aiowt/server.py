@@ -330,6 +330,7 @@ class Server:
                 session_options=self._session_options(),
                 limits=self.connection_limits,
                 reuse_port=self.reuse_port,
+                idle_timeout=self.idle_timeout,
             )
         except OSError as exc:
             self._listener.close()

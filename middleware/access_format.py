@@ -67,6 +67,11 @@ _UNSAFE = re.compile(r'[\x00-\x1f\x7f"\\]')
 _PID = os.getpid
 
 
+def _version(ctx: SessionContext) -> str:
+    """The request's HTTP version: a WebSocket upgrade is HTTP/1.1, a CONNECT HTTP/3."""
+    return "HTTP/1.1" if ctx.transport == "websocket" else "HTTP/3"
+
+
 def _escape(value: str) -> str:
     """Apache's escaping: quotes, backslashes and control bytes cannot forge log lines."""
 
@@ -174,7 +179,7 @@ def compile_format(fmt: str, redact: frozenset[str]) -> tuple[str | Render, ...]
         "l": lambda ctx, r: "-",
         "u": lambda ctx, r: _escape(remote_user(ctx) or "-"),
         "t": lambda ctx, r: _clf_time(r),
-        "r": lambda ctx, r: f"{ctx.method} {_escape(request_url(ctx, redact))} HTTP/3",
+        "r": lambda ctx, r: f"{ctx.method} {_escape(request_url(ctx, redact))} {_version(ctx)}",
         "s": lambda ctx, r: str(r.status),
         "S": lambda ctx, r: f"{_colour(r.status)}{r.status}",
         "b": lambda ctx, r: str(r.bytes_out) if r.bytes_out else "-",
@@ -186,7 +191,7 @@ def compile_format(fmt: str, redact: frozenset[str]) -> tuple[str | Render, ...]
         "m": lambda ctx, r: ctx.method,
         "U": lambda ctx, r: _escape(ctx.path),
         "q": lambda ctx, r: _escape(f"?{q}" if (q := _redacted_query(ctx, redact)) else ""),
-        "H": lambda ctx, r: "HTTP/3",
+        "H": lambda ctx, r: _version(ctx),
         "P": lambda ctx, r: str(_PID()),
         "%": lambda ctx, r: "%",
     }

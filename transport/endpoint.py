@@ -186,8 +186,8 @@ async def connect(
     engine: str | None = None,
 ) -> Session:
     """Open a WebTransport session to `url` (`https://host:port/path?query`), or a session
-    over WebSocket to a `wss://` or `ws://` URL (the `websocket` extra; `engine` and
-    `idle_timeout` are QUIC's and do not apply).
+    over WebSocket to a `wss://` or `ws://` URL (the `websocket` extra; `engine` is QUIC's
+    and does not apply).
 
     `cert_hash` pins the server certificate's SHA-256 (bytes or hex), as browsers'
     `serverCertificateHashes` does; otherwise the certificate is verified against the
@@ -206,6 +206,7 @@ async def connect(
             verify=verify,
             ca_file=ca_file,
             timeout=timeout,
+            idle_timeout=idle_timeout,
             session_options=session_options,
         )
     if parts.scheme != "https" or not parts.hostname:

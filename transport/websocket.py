@@ -134,8 +134,12 @@ class WebSocketConnection(asyncio.Protocol):
         session_options: dict[str, Any] | None = None,
         limits: ConnectionLimits | None = None,
         mux_limits: MuxLimits | None = None,
+        idle_timeout: float = 30.0,
     ) -> None:
         self.ws = protocol
+        self.idle_timeout = idle_timeout
+        """A peer silent this long (not even a pong) is gone: its session ends
+        IDLE_TIMEOUT. A ping goes out after a third of it without a byte received."""
         self.is_client = is_client
         self.scheme = scheme
         self.mux = MuxConnection(
@@ -155,6 +159,8 @@ class WebSocketConnection(asyncio.Protocol):
         self._fragments: bytearray | None = None
         self._close_timer: asyncio.TimerHandle | None = None
         self._request_timer: asyncio.TimerHandle | None = None
+        self._idle_timer: asyncio.TimerHandle | None = None
+        self._heard_at = 0.0
         loop = asyncio.get_running_loop()
         self.closed: asyncio.Future[None] = loop.create_future()
         self.opened: asyncio.Future[Session] = loop.create_future()
@@ -186,6 +192,7 @@ class WebSocketConnection(asyncio.Protocol):
             self._flush()
 
     def data_received(self, data: bytes) -> None:
+        self._heard_at = asyncio.get_running_loop().time()
         self.ws.receive_data(data)
         self._process()
 
@@ -196,7 +203,7 @@ class WebSocketConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
-        for timer in (self._close_timer, self._request_timer):
+        for timer in (self._close_timer, self._request_timer, self._idle_timer):
             if timer is not None:
                 timer.cancel()
         if self._incoming is not None and not self._incoming.decided:
@@ -285,6 +292,27 @@ class WebSocketConnection(asyncio.Protocol):
         elif not transport.is_closing():
             self.mux.buffered = transport.get_write_buffer_size()
 
+    def _watch_idle(self) -> None:
+        """Every third of the idle timeout: ping a quiet peer; end a silent one."""
+        loop = asyncio.get_running_loop()
+        quiet = loop.time() - self._heard_at
+        session = self.mux.session
+        if session is None or session.closed or self._transport is None:
+            return
+        if quiet >= self.idle_timeout:
+            session.close(CloseCode.IDLE_TIMEOUT, f"nothing heard for {self.idle_timeout:g} s")
+            self._transport.abort()
+            return
+        if quiet >= self.idle_timeout / 3:
+            self.ws.send_ping(b"")
+            self._flush()
+        self._idle_timer = loop.call_later(self.idle_timeout / 3, self._watch_idle)
+
+    def _start_idle_watch(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._heard_at = loop.time()
+        self._idle_timer = loop.call_later(self.idle_timeout / 3, self._watch_idle)
+
     def _session_ended(self, info: CloseInfo) -> None:
         if self.ws.state is self._state.OPEN:
             self.ws.send_close(1000, "")
@@ -325,6 +353,7 @@ class WebSocketConnection(asyncio.Protocol):
         cast("ServerProtocol", self.ws).send_response(response)
         session = self.mux.start_session(request)
         self._flush()
+        self._start_idle_watch()
         return session
 
     def reject(self, status: int, reason: str, headers: Sequence[tuple[str, str]] = ()) -> None:
@@ -369,6 +398,7 @@ class WebSocketConnection(asyncio.Protocol):
                 remote_addr=self.peer_address,
             )
         )
+        self._start_idle_watch()
         self.opened.set_result(session)
 
     def abort(self) -> None:
@@ -423,6 +453,7 @@ async def listen_websocket(
     limits: ConnectionLimits | None = None,
     mux_limits: MuxLimits | None = None,
     reuse_port: bool = False,
+    idle_timeout: float = 30.0,
 ) -> WebSocketListener:
     """Listen on TCP `host:port` (TLS when `ssl_context` is given) for WebSocket sessions."""
     websockets = _websockets()
@@ -438,6 +469,7 @@ async def listen_websocket(
             session_options=session_options,
             limits=limits,
             mux_limits=mux_limits,
+            idle_timeout=idle_timeout,
         )
         connections.add(connection)
         connection.closed.add_done_callback(lambda _: connections.discard(connection))
@@ -458,6 +490,7 @@ async def connect_websocket(
     verify: bool = True,
     ca_file: str | None = None,
     timeout: float = 10.0,
+    idle_timeout: float = 30.0,
     session_options: dict[str, Any] | None = None,
 ) -> Session:
     """Open a session over WebSocket to `url` (`wss://` or `ws://`; `https://` means wss).
@@ -490,6 +523,7 @@ async def connect_websocket(
         is_client=True,
         scheme="https" if secure else "http",
         session_options=session_options,
+        idle_timeout=idle_timeout,
     )
     connection.client_request = ConnectRequest(
         method="GET",

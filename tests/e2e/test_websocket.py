@@ -21,7 +21,7 @@ from aiowt.actors import ask
 from aiowt.actors.metrics import TakeSnapshot
 from aiowt.middleware.auth import BearerAuth, StaticTokens
 from aiowt.middleware.limits import MaxSessions
-from aiowt.middleware.logging import JsonAccessLog
+from aiowt.middleware.logging import COMMON_LOG_FORMAT, AccessLog, JsonAccessLog
 from aiowt.middleware.metrics import Metrics
 from aiowt.transport import (
     CloseCode,
@@ -81,9 +81,15 @@ async def test_metrics_and_access_logs_carry_the_transport(
     make_server: ServerFactory, certificate: SelfSignedCertificate
 ) -> None:
     lines: list[str] = []
+    apache: list[str] = []
     unwound = Unwound()
     server = await make_server(
-        lambda s: s.use(unwound, Metrics(), JsonAccessLog(sink=lines.append)).route("/echo", Echo),
+        lambda s: s.use(
+            unwound,
+            Metrics(),
+            JsonAccessLog(sink=lines.append),
+            AccessLog(COMMON_LOG_FORMAT, sink=apache.append),
+        ).route("/echo", Echo),
         websocket=True,
         websocket_port=0,
     )
@@ -96,6 +102,11 @@ async def test_metrics_and_access_logs_carry_the_transport(
         await session.aclose()
     await unwound.wait(2)
     assert sorted(json.loads(line)["transport"] for line in lines) == ["websocket", "webtransport"]
+    # The request line says what was asked: an extended CONNECT, or an upgrade's GET.
+    assert sorted(line.split('"')[1] for line in apache) == [
+        "CONNECT /echo HTTP/3",
+        "GET /echo HTTP/1.1",
+    ]
     snapshot = await ask(server.services.metrics, TakeSnapshot())
     for transport in ("webtransport", "websocket"):
         labels = {"route": "/echo", "transport": transport}
@@ -311,3 +322,50 @@ async def test_a_socket_that_never_sends_its_upgrade_is_dropped(
         assert await reader.read() == b""  # the server hung up
     writer.close()
     assert server.live_sessions == 0
+
+
+async def test_a_peer_that_goes_silent_is_pinged_then_dropped(
+    make_server: ServerFactory,
+) -> None:
+    from websockets.client import ClientProtocol
+    from websockets.uri import parse_uri
+
+    ends: asyncio.Queue[Any] = asyncio.Queue()
+    server = await make_server(
+        echo_routes, websocket=True, websocket_port=0, websocket_tls=False, idle_timeout=0.6
+    )
+    server.on_disconnect.append(lambda ctx: ends.put_nowait(ctx.close_info))
+    host, port = server.websocket_address
+    # A client that upgrades, then never answers again: not even the server's pings
+    # (the sans-I/O protocol would pong only if it were fed what arrives).
+    protocol = ClientProtocol(parse_uri(f"ws://{host}:{port}/echo"))
+    protocol.send_request(protocol.connect())
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(b"".join(protocol.data_to_send()))
+    received = b""
+    async with bounded(5):
+        while b"\r\n\r\n" not in received:
+            received += await reader.read(4096)
+        assert received.startswith(b"HTTP/1.1 101")
+        info = await ends.get()
+        rest = await reader.read()  # until the server hangs up
+    assert (info.code, info.reason) == (CloseCode.IDLE_TIMEOUT, "nothing heard for 0.6 s")
+    assert b"\x89\x00" in received + rest  # an empty ping (FIN, opcode 9) went out first
+    writer.close()
+
+
+async def test_a_quiet_session_whose_peer_answers_pings_stays(
+    make_server: ServerFactory,
+) -> None:
+    server = await make_server(
+        echo_routes, websocket=True, websocket_port=0, websocket_tls=False, idle_timeout=0.6
+    )
+    host, port = server.websocket_address
+    session = await asyncio.wait_for(connect(f"ws://{host}:{port}/echo", idle_timeout=0.6), 10)
+    # Nothing from the application for five idle timeouts: the pings keep it.
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(session.wait_closed(), 3.0)
+    session.send_datagram(b"still")
+    async with bounded():
+        assert await session.receive_datagram() == b"still"
+    await session.aclose()

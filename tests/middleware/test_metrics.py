@@ -29,7 +29,7 @@ from aiowt.transport.events import (
     StreamOpened,
 )
 from examples.echo import Echo
-from tests.conftest import ClientFactory, ServerFactory, Unwound, bounded
+from tests.conftest import TRANSPORT, ClientFactory, ServerFactory, Unwound, bounded
 
 
 class Bouncer:
@@ -113,7 +113,7 @@ async def test_prometheus_page_matches_known_traffic(
     text = body.decode()
     found = samples(text)
     route = {"route": "/echo/{room}"}
-    by_transport = {**route, "transport": "webtransport"}
+    by_transport = {**route, "transport": TRANSPORT}
     assert value(found, "aiowt_sessions_accepted_total", **by_transport) == 2
     assert value(found, "aiowt_sessions_active", **route) == 0
     assert value(found, "aiowt_sessions_active_peak") == 1
@@ -227,7 +227,7 @@ async def test_metrics_reports_to_the_servers_collector_when_given_none(
     await unwound.wait(1)
     assert metrics.service.started is server.services.metrics
     snapshot = await ask(server.services.metrics, TakeSnapshot())
-    accepted = {"route": "/echo/{room}", "transport": "webtransport"}
+    accepted = {"route": "/echo/{room}", "transport": TRANSPORT}
     assert snapshot.value("aiowt_sessions_accepted_total", accepted) == 1
 
 
@@ -257,7 +257,7 @@ async def test_observers_sharing_a_collector_count_each_session_once(
     await unwound.wait(1)
     snapshot = await ask(collector, TakeSnapshot())
     route = {"route": "/echo/{room}"}
-    by_transport = {**route, "transport": "webtransport"}
+    by_transport = {**route, "transport": TRANSPORT}
     assert snapshot.value("aiowt_sessions_accepted_total", by_transport) == 1
     assert snapshot.value("aiowt_handshakes_total", {**by_transport, "status": "403"}) == 1
     refused = {**route, "middleware": "Bouncer", "status": "403"}
