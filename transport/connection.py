@@ -22,6 +22,7 @@ import structlog
 
 from . import engine as e
 from . import events
+from ._streams import StreamBookkeeping
 from .capsule import MAX_CAPSULE_SIZE, CapsuleDecoder, CloseSession, DrainSession, encode_close
 from .codes import CloseCode
 from .context import CloseInfo
@@ -163,7 +164,7 @@ def _nothing() -> None:
     pass
 
 
-class WebTransportConnection:
+class WebTransportConnection(StreamBookkeeping):
     """One QUIC connection carrying HTTP/3 and any number of WebTransport sessions."""
 
     def __init__(
@@ -550,18 +551,6 @@ class WebTransportConnection:
             stream.peer_ended = True
         self._deliver(stream, event.data, event.ended)
 
-    def _deliver(self, stream: Stream, data: bytes, end_stream: bool) -> None:
-        if not stream.recv_open:
-            return
-        if not stream.session._emit(events.StreamDataReceived(stream, data, end_stream)):
-            stream.reset(0x2001)
-            stream.stop(0x2001)
-            self._maybe_forget(stream)
-            return
-        if end_stream:
-            stream.recv_open = False
-            self._maybe_forget(stream)
-
     def _refuse(self, stream_id: int, h3_code: int) -> None:
         self.engine.stop_stream(stream_id, h3_code)
         if not stream_id & 2:
@@ -614,10 +603,6 @@ class WebTransportConnection:
         self._maybe_forget(stream)
         return True
 
-    def _maybe_forget(self, stream: Stream) -> None:
-        if not stream.recv_open and not stream._send_open:
-            self._forget_stream(stream)
-
     def _forget_stream(self, stream: Stream) -> None:
         sid = stream.stream_id
         if self._streams.pop(sid, None) is None:
@@ -632,18 +617,6 @@ class WebTransportConnection:
 
     def send_buffer_size(self, stream: Stream) -> int:
         return self.engine.send_buffer_size(stream.stream_id)
-
-    def watch_drain(self, stream: Stream) -> None:
-        self._drain_watch.add(stream)
-
-    def _check_drain(self) -> None:
-        for stream in list(self._drain_watch):
-            if (
-                self.send_buffer_size(stream) <= stream.session.send_buffer_low
-                or not stream._send_open
-            ):
-                self._drain_watch.discard(stream)
-                stream._wake_drain()
 
     # --- delivery -------------------------------------------------------------------------
     def stream_delivered(self, stream_id: int) -> bool:

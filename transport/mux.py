@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import events
+from ._streams import StreamBookkeeping
 from .codes import CloseCode, StreamErrorCode
 from .context import CloseInfo
 from .errors import PeerError, UsageError
@@ -130,7 +131,7 @@ class _Receiving:
     received: int = 0
 
 
-class MuxConnection:
+class MuxConnection(StreamBookkeeping):
     """One WebSocket's session, streams and datagrams (sans I/O: frames out via `write`)."""
 
     def __init__(
@@ -203,7 +204,7 @@ class MuxConnection:
         self.is_closed = True
         for stream in list(self._streams.values()):
             stream._session_ended()
-            self._forget(stream)
+            self._forget_stream(stream)
         self._sending.clear()
         self._ready.clear()
         session._emit(events.SessionClosed(info))
@@ -256,9 +257,6 @@ class MuxConnection:
         sending = self._sending.get(stream.stream_id)
         return sending.queued if sending is not None else 0
 
-    def watch_drain(self, stream: Stream) -> None:
-        self._drain_watch.add(stream)
-
     def max_datagram_payload(self, session_id: int) -> int:
         return MAX_DATAGRAM
 
@@ -308,14 +306,6 @@ class MuxConnection:
                 ready.append(stream_id)
         if self._drain_watch:
             self._check_drain()
-
-    def _check_drain(self) -> None:
-        for stream in list(self._drain_watch):
-            if not stream._send_open or self.send_buffer_size(stream) <= (
-                stream.session.send_buffer_low
-            ):
-                self._drain_watch.discard(stream)
-                stream._wake_drain()
 
     def _abandon_sending(self, stream_id: int) -> None:
         self._sending.pop(stream_id, None)
@@ -398,7 +388,7 @@ class MuxConnection:
             stream.recv_open = False
             self._receiving.pop(stream_id, None)
             self._refuse(stream_id, unidirectional)
-            self._forget(stream)
+            self._forget_stream(stream)
             return None
         return stream
 
@@ -406,18 +396,6 @@ class MuxConnection:
         self._write(_coded(FrameType.STOP, stream_id, StreamErrorCode.REFUSED))
         if not unidirectional:
             self._write(_coded(FrameType.RESET, stream_id, StreamErrorCode.REFUSED))
-
-    def _deliver(self, stream: Stream, data: bytes, end_stream: bool) -> None:
-        if not stream.recv_open:
-            return
-        if not stream.session._emit(events.StreamDataReceived(stream, data, end_stream)):
-            stream.reset(StreamErrorCode.REFUSED)
-            stream.stop(StreamErrorCode.REFUSED)
-            self._maybe_forget(stream)
-            return
-        if end_stream:
-            stream.recv_open = False
-            self._maybe_forget(stream)
 
     def _credit(self, stream_id: int, increment: int) -> None:
         sending = self._sending.get(stream_id)
@@ -451,11 +429,7 @@ class MuxConnection:
         self._maybe_forget(stream)
 
     # --- stream bookkeeping ---------------------------------------------------------------
-    def _maybe_forget(self, stream: Stream) -> None:
-        if not stream.recv_open and not stream._send_open:
-            self._forget(stream)
-
-    def _forget(self, stream: Stream) -> None:
+    def _forget_stream(self, stream: Stream) -> None:
         stream_id = stream.stream_id
         if self._streams.pop(stream_id, None) is None:
             return

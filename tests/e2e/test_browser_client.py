@@ -9,29 +9,16 @@ streams, datagrams, server-opened streams, close codes both ways, the size limit
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import quote
 
-import pytest
-
-from aiowt import CloseCode, CloseInfo, Handler, Server, Stream
+from aiowt import CloseCode, CloseInfo, Server
 from examples.echo import Echo
-from tests.browser import PageServer, chromium, page, require_chromium
+from tests.browser import PageServer, chromium, require_chromium
 from tests.conftest import ServerFactory
+from tests.e2e.client_pages import Closer, Flaky, page_files
 
-BUNDLE = Path(__file__).resolve().parents[2] / "clients" / "js" / "dist" / "aiowt-client.js"
 PAGE_TIMEOUT = 120.0
-
-
-def require_bundle() -> bytes:
-    if not BUNDLE.is_file():
-        message = "the TypeScript client is not built: run `npm ci && npm run build` in clients/js"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return BUNDLE.read_bytes()
 
 
 class ObservedEcho(Echo):
@@ -39,29 +26,6 @@ class ObservedEcho(Echo):
 
     async def on_stop(self) -> None:
         self.closes.put_nowait(self.close_info)
-
-
-class Closer(Handler):
-    """Closes its session with the code and reason a message asks for."""
-
-    async def on_message(self, message: Any, stream: Stream | None) -> None:
-        self.close(message["close"], message["reason"])
-
-
-class Flaky(Handler):
-    """Its first session is closed with GOING_AWAY; later ones answer the hello."""
-
-    sessions: ClassVar[int]
-
-    async def on_start(self) -> None:
-        Flaky.sessions += 1
-        self.number = Flaky.sessions
-
-    async def on_message(self, message: Any, stream: Stream | None) -> None:
-        if self.number == 1:
-            self.close(CloseCode.GOING_AWAY, "restarting")
-        else:
-            self.send_message({"welcome": self.number, "hello": message["hello"]}, stream)
 
 
 def routes(server: Server) -> None:
@@ -72,17 +36,13 @@ def routes(server: Server) -> None:
 
 async def test_typescript_client_in_chromium(make_server: ServerFactory) -> None:
     require_chromium()
-    bundle = require_bundle()
+    files = page_files("client.html")
     ObservedEcho.closes = asyncio.Queue()
     Flaky.sessions = 0
     server = await make_server(routes)
     assert server.certificate is not None
     host, port = server.address
     base = f"https://{host}:{port}"
-    files = {
-        "/client.html": ("text/html", page("client.html")),
-        "/aiowt-client.js": ("text/javascript", bundle),
-    }
     async with PageServer(files) as pages:
         url = (
             f"http://127.0.0.1:{pages.port}/client.html"

@@ -15,54 +15,18 @@ certificate hash for a WebSocket, and the page is on http://127.0.0.1). The page
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
-from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 from urllib.parse import quote
 
-import pytest
-
-from aiowt import CloseCode, Handler, Server, Stream
+from aiowt import CloseCode, Server
 from aiowt.transport.context import SessionContext
 from examples.echo import Echo
-from tests.browser import PageServer, chromium, page, require_chromium
+from tests.browser import PageServer, chromium, require_chromium
 from tests.conftest import ServerFactory
+from tests.e2e.client_pages import Closer, Flaky, page_files
 
-BUNDLE = Path(__file__).resolve().parents[2] / "clients" / "js" / "dist" / "aiowt-client.js"
 PAGE_TIMEOUT = 180.0
-
-
-def require_bundle() -> bytes:
-    if not BUNDLE.is_file():
-        message = "the TypeScript client is not built: run `npm ci && npm run build` in clients/js"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
-    return BUNDLE.read_bytes()
-
-
-class Closer(Handler):
-    """Closes its session with the code and reason a message asks for."""
-
-    async def on_message(self, message: Any, stream: Stream | None) -> None:
-        self.close(message["close"], message["reason"])
-
-
-class Flaky(Handler):
-    """Its first session is closed with GOING_AWAY; later ones answer the hello."""
-
-    sessions: ClassVar[int] = 0
-
-    async def on_start(self) -> None:
-        Flaky.sessions += 1
-        self.number = Flaky.sessions
-
-    async def on_message(self, message: Any, stream: Stream | None) -> None:
-        if self.number == 1:
-            self.close(CloseCode.GOING_AWAY, "restarting")
-        else:
-            self.send_message({"welcome": self.number, "hello": message["hello"]}, stream)
 
 
 def routes(server: Server) -> None:
@@ -73,7 +37,7 @@ def routes(server: Server) -> None:
 
 async def test_typescript_client_falls_back_to_websocket(make_server: ServerFactory) -> None:
     require_chromium()
-    bundle = require_bundle()
+    files = page_files("fallback.html")
     Flaky.sessions = 0
     ended: asyncio.Queue[tuple[str, str, int | None, str | None]] = asyncio.Queue()
 
@@ -96,10 +60,6 @@ async def test_typescript_client_falls_back_to_websocket(make_server: ServerFact
     silent = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     silent.bind(("127.0.0.1", 0))
     silent_port = silent.getsockname()[1]
-    files = {
-        "/fallback.html": ("text/html", page("fallback.html")),
-        "/aiowt-client.js": ("text/javascript", bundle),
-    }
     try:
         async with PageServer(files) as pages:
             url = (
