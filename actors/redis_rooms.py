@@ -46,11 +46,13 @@ from .rooms import (
     Clock,
     GetHistory,
     GetMembers,
+    JoinRefused,
     Member,
     MemberInfo,
     MemberJoined,
     MemberLeft,
     MessagePosted,
+    NameTaken,
     Post,
     Room,
     RoomEvent,
@@ -138,12 +140,24 @@ class SharedRoom(Room):
         )
         if self._shared:
             try:
-                seq, present, stored, epoch = await self._script(
-                    self._shared_rooms.join, [member.id, self._info(member), joined]
+                reply = await self._script(
+                    self._shared_rooms.join,
+                    [
+                        member.id,
+                        self._info(member),
+                        joined,
+                        "1" if message.unique_name else "0",
+                        member.name,
+                    ],
                 )
             except UNREACHABLE as error:
                 self._lost(error)
             else:
+                if int(reply[0]) < 0:
+                    reason = str(NameTaken(self.name, member.name))
+                    member.ref.tell(JoinRefused(self.name, member.info, reason))
+                    return
+                seq, present, stored, epoch = reply
                 if self._follow(epoch):
                     await self._catch_up(int(seq) - 1)
                 others = tuple(m for m in _members(present) if m.id != member.id)

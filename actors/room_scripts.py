@@ -52,11 +52,20 @@ end
 """
 )
 
-# ARGV 7..: member id, member info, join event
+# ARGV 7..: member id, member info, join event, '1' if the name must be unique, the name.
+# A name a present member has refuses the join with {-1}.
 JOIN = (
     _LIB
     + """
 sweep()
+if ARGV[10] == '1' then
+  local present = redis.call('HGETALL', KEYS[4])
+  for i = 2, #present, 2 do
+    if present[i - 1] ~= ARGV[7] and cmsgpack.unpack(present[i]).name == ARGV[11] then
+      return {-1}
+    end
+  end
+end
 redis.call('HSET', KEYS[4], ARGV[7], ARGV[8])
 redis.call('ZADD', KEYS[5], now + lease, ARGV[7])
 local order = epoch()

@@ -63,6 +63,7 @@ __all__ = [
     "MemberJoined",
     "MemberLeft",
     "MessagePosted",
+    "JoinRefused",
     "NameTaken",
     "Post",
     "Room",
@@ -238,6 +239,17 @@ class NameTaken(Exception):
 
 
 @dataclass(frozen=True, slots=True)
+class JoinRefused:
+    """Delivered to a member instead of its `RoomSnapshot` when a room shared between
+    processes refused the join: with `unique_name`, a member on another process has the
+    name (decided in the room's Redis script, so exact across processes too)."""
+
+    room: str
+    you: MemberInfo
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class JoinRoom(Request["ActorRef[Room]"]):
     """Ask the manager to add `member` to `room` (created on first join).
 
@@ -319,6 +331,7 @@ class GetHistory(Request["tuple[MessagePosted, ...]"]):
 @dataclass(frozen=True, slots=True)
 class _AddMember:
     member: Member
+    unique_name: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -623,7 +636,7 @@ class RoomManager(Service):
             )
             entry = self._rooms[message.room] = _RoomEntry(ref)
             log.debug("room created", room=message.room)
-        entry.ref.tell(_AddMember(member))
+        entry.ref.tell(_AddMember(member, message.unique_name))
         entry.members[member.id] = member
         return entry.ref
 

@@ -48,6 +48,7 @@ from aiowt.actors import ServiceHandle, ask, tell_quietly
 from aiowt.actors.backend import backend_from_url
 from aiowt.actors.outbound import OutboundChannel
 from aiowt.actors.rooms import (
+    JoinRefused,
     JoinRoom,
     LeaveRoom,
     Member,
@@ -325,6 +326,10 @@ class ChatSession(Handler):
     def on_receive(self, message: Any) -> Any:
         if isinstance(message, RoomSnapshot | RoomEventDelivered):
             self.outbound.send_frame(message.frame)
+        elif isinstance(message, JoinRefused):
+            # A member on another process has the name (the room's Redis script decided).
+            log.info("name taken", room=self.room_name, name=self.member.name, **self.ctx.ids)
+            self.close(NAME_TAKEN, message.reason)
         elif isinstance(message, RoomSignalDelivered):
             self.outbound.send_datagram(message.payload)
         else:

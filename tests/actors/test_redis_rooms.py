@@ -22,12 +22,14 @@ from aiowt.actors.redis_rooms import RedisRooms
 from aiowt.actors.rooms import (
     GetHistory,
     GetMembers,
+    JoinRefused,
     JoinRoom,
     LeaveRoom,
     Member,
     MemberJoined,
     MemberLeft,
     MessagePosted,
+    NameTaken,
     Post,
     Room,
     RoomEventDelivered,
@@ -297,3 +299,40 @@ async def test_rooms_go_local_while_redis_is_down_and_catch_up_after(
     finally:
         await a.stop()
         await b.stop()
+
+
+async def test_a_name_is_unique_across_processes(cluster: Callable[..., Process]) -> None:
+    a, b = cluster(), cluster()
+    joins: list[tuple[Process, Watch]] = []
+    for process in (a, b, a, b):
+        changed = asyncio.Event()
+        recorder = Watched.start(changed)
+        process.members.append(recorder)
+        joins.append((process, (recorder, changed)))
+    # Four joins as "ada" at once, two on each process: each manager lets one of its
+    # own in (the other gets NameTaken at once), and Redis lets one of those two in.
+    replies = await asyncio.gather(
+        *(
+            ask(p.manager, JoinRoom("lobby", Member(f"m{n}", "ada", w[0]), unique_name=True))
+            for n, (p, w) in enumerate(joins)
+        ),
+        return_exceptions=True,
+    )
+    assert sum(isinstance(reply, NameTaken) for reply in replies) == 2
+    passed = [
+        w for (_, w), reply in zip(joins, replies, strict=True) if not isinstance(reply, NameTaken)
+    ]
+    firsts = [(await until(watch, bool))[0] for watch in passed]
+    assert sorted(type(first).__name__ for first in firsts) == ["JoinRefused", "RoomSnapshot"]
+    refused = next(first for first in firsts if isinstance(first, JoinRefused))
+    assert refused.reason == "the name 'ada' is taken in room 'lobby'"
+    admitted = next(first for first in firsts if isinstance(first, RoomSnapshot))
+    assert [m.name for m in admitted.members] == ["ada"]
+    # Without unique_name, names may repeat across processes as before.
+    changed = asyncio.Event()
+    other = Watched.start(changed)
+    b.members.append(other)
+    await ask(b.manager, JoinRoom("lobby", Member("b3", "ada", other)))
+    snapshot = (await until((other, changed), bool))[0]
+    assert isinstance(snapshot, RoomSnapshot)
+    assert [m.name for m in snapshot.members] == ["ada", "ada"]

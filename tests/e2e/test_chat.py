@@ -25,6 +25,7 @@ import pytest
 
 from aiowt import Server
 from aiowt.actors import ask
+from aiowt.actors.redis_backend import RedisBackend
 from aiowt.actors.rooms import FindRoom, GetMembers, ListRooms
 from aiowt.transport import (
     CloseCode,
@@ -38,6 +39,7 @@ from aiowt.transport import (
 )
 from examples.chat.server import NAME, NAME_TAKEN, ROOM, Chat, ChatConfig, ChatSession
 from tests.conftest import ClientFactory, ServerFactory
+from tests.redis_server import RedisServer
 
 T = TypeVar("T")
 TIMEOUT = 10.0
@@ -99,7 +101,7 @@ async def chat_server(make_server: ServerFactory) -> AsyncIterator[ChatFactory]:
     harnesses: list[ChatHarness] = []
     ObservedChatSession.by_name = {}
 
-    async def start(config: ChatConfig | None = None) -> ChatHarness:
+    async def start(config: ChatConfig | None = None, **options: Any) -> ChatHarness:
         chat = Chat(config)
         connected: list[tuple[str, str]] = []
         ended: asyncio.Queue[tuple[str, CloseInfo | None]] = asyncio.Queue()
@@ -115,7 +117,7 @@ async def chat_server(make_server: ServerFactory) -> AsyncIterator[ChatFactory]:
             server.on_connect.append(on_connect)
             server.on_disconnect.append(on_disconnect)
 
-        server = await make_server(configure)
+        server = await make_server(configure, **options)
         harness = ChatHarness(server, chat, connected, ended)
         harnesses.append(harness)
         return harness
@@ -337,6 +339,31 @@ async def test_of_simultaneous_joins_with_one_name_exactly_one_gets_in(
     assert [m["type"] for m in bob.seen].count("leave") == 0
     # The name is per room: another room's ada is fine.
     await ChatClient.join(client, h.server, "kitchen", "ada")
+
+
+async def test_a_name_is_unique_across_servers_sharing_redis(
+    chat_server: ChatFactory, client: ClientFactory, redis_server: RedisServer
+) -> None:
+    url = redis_server.url(timeout=2.0)
+    first = await chat_server(backend=RedisBackend.from_url(url))
+    second = await chat_server(backend=RedisBackend.from_url(url))
+    # One "ada" on each server at once: the room's script in Redis admits one.
+    sessions = await within(
+        asyncio.gather(
+            client(first.server, "/chat/lobby?name=ada"),
+            client(second.server, "/chat/lobby?name=ada"),
+        )
+    )
+    outcomes = await within(asyncio.gather(*(joined_or_closed(s) for s in sessions)))
+    joined = [o for o in outcomes if isinstance(o, dict)]
+    refused = [o for o in outcomes if isinstance(o, CloseInfo)]
+    assert len(joined) == 1, outcomes
+    assert [(i.code, i.reason) for i in refused] == [
+        (NAME_TAKEN, "the name 'ada' is taken in room 'lobby'")
+    ]
+    # Another name on the other server is fine, and sees the one ada.
+    bob = await ChatClient.join(client, second.server, "lobby", "bob")
+    assert [m["name"] for m in bob.history["members"]] == ["ada", "bob"]
 
 
 async def test_a_name_is_free_again_once_its_holder_left(
