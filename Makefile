@@ -71,11 +71,12 @@ typecheck: $(STAMP)
 
 # Everything on the default engine (aioquic), then the end-to-end, reliability and server
 # suites again on qh3 (docs/engines.md says what differs and what the browsers need), then
-# the end-to-end and middleware suites with their Python clients over WebSocket (docs/websocket.md).
+# the end-to-end, middleware and server suites with their Python clients over WebSocket
+# (docs/websocket.md).
 pytest: $(STAMP) system-packages $(CHAT_VENDOR)
 	$(PY) -m pytest -q
 	AIOWT_ENGINE=qh3 $(PY) -m pytest -q tests/e2e tests/reliability tests/aiowt
-	AIOWT_TRANSPORT=websocket $(PY) -m pytest -q tests/e2e tests/middleware
+	AIOWT_TRANSPORT=websocket $(PY) -m pytest -q tests/e2e tests/middleware tests/aiowt
 
 test: lint typecheck jstest pytest
 

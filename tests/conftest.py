@@ -21,8 +21,8 @@ from tests.redis_server import RedisServer
 
 TRANSPORT = os.environ.get("AIOWT_TRANSPORT", "webtransport")
 """What the `client` fixture connects with: `webtransport` (HTTP/3), or `websocket` (the
-servers of `make_server` then serve WebSocket too). `make test` runs the end-to-end and
-middleware suites once more with `AIOWT_TRANSPORT=websocket`."""
+servers of `make_server` then serve WebSocket too). `make test` runs the end-to-end,
+middleware and server suites once more with `AIOWT_TRANSPORT=websocket`."""
 OVER_WEBSOCKET = TRANSPORT == "websocket"
 METHOD = "GET" if OVER_WEBSOCKET else "CONNECT"
 """The method of the `client` fixture's requests (an upgrade's GET, or an extended CONNECT)."""

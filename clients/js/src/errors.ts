@@ -93,13 +93,29 @@ export class ConnectError extends AiowtError {
   }
 }
 
-/** The session was not ready within `timeoutMs`. */
+export interface ConnectTimeoutOptions extends ConnectErrorOptions {
+  /** What went wrong, without the hint (`no session within <timeoutMs> ms` by default). */
+  detail?: string;
+}
+
+/**
+ * Every transport tried timed out: none refused or failed, none was ready in its time.
+ * A `ConnectError` (catching that catches this), with the same `attempts`; `timeoutMs`
+ * is the wait of the last attempt (`connect()`'s `timeoutMs`).
+ */
 export class ConnectTimeout extends ConnectError {
   readonly timeoutMs: number;
-  constructor(url: string, timeoutMs: number, options?: ConnectErrorOptions) {
-    super(url, `no session within ${timeoutMs} ms`, options);
+  constructor(url: string, timeoutMs: number, options?: ConnectTimeoutOptions) {
+    super(url, options?.detail ?? `no session within ${timeoutMs} ms`, options);
     this.timeoutMs = timeoutMs;
   }
+}
+
+/** The error an attempt in `ConnectError.attempts` timed out with (`name` is "TimeoutError"). */
+export function attemptTimedOut(what: string, timeoutMs: number): Error {
+  const error = new Error(`no ${what} within ${timeoutMs} ms`);
+  error.name = "TimeoutError";
+  return error;
 }
 
 /** A frame or message is larger than the size limit (raised before anything is sent). */

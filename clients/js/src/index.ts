@@ -29,6 +29,7 @@ export {
   type CloseInfo,
   type ConnectAttempt,
   type ConnectErrorOptions,
+  type ConnectTimeoutOptions,
 } from "./errors.js";
 export {
   DEFAULT_MAX_MESSAGE_SIZE,
