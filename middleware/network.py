@@ -370,8 +370,9 @@ class CORS:
     """Check the ``origin`` header of the CONNECT (seed 000's ``CORS``).
 
     Browsers always send ``origin`` on a WebTransport CONNECT (and a WebSocket upgrade)
-    and never run a CORS preflight for it: the server's check is the whole protection against other sites'
-    pages opening sessions with a visitor's browser. The decision, in order:
+    and never run a CORS preflight for it: the server's check is the whole protection
+    against other sites' pages opening sessions with a visitor's browser. The decision,
+    in order:
 
     - no ``origin`` header: admitted if `allow_missing` (the default), else 403.
       Non-browser clients (native apps, servers, the aiowt client) send none, and

@@ -188,6 +188,8 @@ class WebTransportConnection(StreamBookkeeping):
         self._events: collections.deque[ConnectionEvent] = collections.deque()
         self._requests: dict[int, tuple[str, str, str]] = {}
         self._progress: list[asyncio.Future[None]] = []
+        self._closing: set[int] = set()
+        """Sessions this side closed whose peer has not ended its CONNECT stream yet."""
         self.peer_address: e.Address = ("", 0)
         self.is_closed = False
         self.accepting = True
@@ -453,6 +455,8 @@ class WebTransportConnection(StreamBookkeeping):
 
     # --- the CONNECT stream: capsules and its end -----------------------------------------
     def _connect_stream_data(self, stream_id: int, data: bytes, ended: bool) -> None:
+        if ended:
+            self._closing.discard(stream_id)
         pending = self._pending.get(stream_id)
         if pending is not None:
             # Capsules sent before the verdict wait for it, within one capsule's size.
@@ -480,6 +484,7 @@ class WebTransportConnection(StreamBookkeeping):
             self._finish_session(session, CloseInfo(0, "", True))
 
     def _connect_stream_reset(self, stream_id: int, h3_code: int) -> None:
+        self._closing.discard(stream_id)
         pending = self._pending.pop(stream_id, None)
         if pending is not None:
             pending.gone = True
@@ -492,6 +497,7 @@ class WebTransportConnection(StreamBookkeeping):
         """Send the close capsule with FIN, reset the session's streams, end the session."""
         if session.session_id in self.sessions and not self.is_closed:
             self.engine.send_data(session.session_id, encode_close(code, reason), end_stream=True)
+            self._closing.add(session.session_id)
             self.send_ready()
         self._finish_session(session, CloseInfo(code, reason, False))
 
@@ -624,17 +630,24 @@ class WebTransportConnection(StreamBookkeeping):
         return self.is_closed or self.engine.stream_delivered(stream_id)
 
     async def wait_delivered(self, stream_ids: Iterable[int], timeout: float) -> bool:
-        """Wait until the peer acknowledged all we sent on `stream_ids`, up to `timeout`.
+        """Wait until the peer acknowledged all we sent on `stream_ids` and, for a session
+        this side closed, ended its CONNECT stream in answer; up to `timeout`.
 
         How a close capsule gets ahead of the CONNECTION_CLOSE that follows it: QUIC
-        gives no ordering between the two, so the capsule must be acknowledged first.
-        Checked after each exchange with the engine (acknowledgements arrive there).
+        gives no ordering between the two, so the capsule must be acknowledged first; and
+        an acknowledgement is the peer's QUIC stack, not its application (Chromium then
+        sometimes reported the CONNECTION_CLOSE, "Connection lost", instead of the
+        session's code): the peer's own end of the CONNECT stream is its application's
+        answer. Checked after each exchange with the engine.
         """
         ids = tuple(stream_ids)
         loop = asyncio.get_running_loop()
         try:
             async with asyncio.timeout(timeout):
-                while not all(self.stream_delivered(sid) for sid in ids):
+                while not all(
+                    self.stream_delivered(sid) and (self.is_closed or sid not in self._closing)
+                    for sid in ids
+                ):
                     waiter = loop.create_future()
                     self._progress.append(waiter)
                     await waiter
@@ -660,6 +673,7 @@ class WebTransportConnection(StreamBookkeeping):
     # --- connection end -------------------------------------------------------------------
     def _connection_lost(self, event: e.Terminated) -> None:
         self.is_closed = True
+        self._closing.clear()
         self._idle_deadline = None
         reason = event.reason or f"connection closed (0x{event.error_code:x})"
         for session in list(self.sessions.values()):

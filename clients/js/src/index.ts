@@ -59,6 +59,7 @@ export {
   type WebTransportLike,
 } from "./session.js";
 export {
+  DEFAULT_RETRY_WEBTRANSPORT_EVERY,
   Reconnecting,
   backoffDelay,
   type BackoffOptions,
@@ -84,6 +85,7 @@ export {
   type MuxFrameTypeValue,
 } from "./mux.js";
 export {
+  DEFAULT_MAX_INCOMING_STREAMS,
   DEFAULT_POLL_MS,
   DEFAULT_SEND_BUFFER_BOUND,
   INCOMING_DATAGRAM_QUEUE,

@@ -13,6 +13,12 @@
  * browsers never reveal the HTTP status of a refused WebTransport session, so every
  * refusal looks like a network failure and is retried. Close codes are seen (the
  * session's `closed` gives the code and reason).
+ *
+ * In `"auto"` mode it remembers a blocked WebTransport: once an attempt saw WebTransport
+ * fail or time out and WebSocket succeed, the next attempts go straight to WebSocket
+ * (no `fallbackAfterMs` wait each time), and every `retryWebTransportEvery`-th attempt
+ * (10 by default) tries WebTransport first again; when that one gets WebTransport, it is
+ * used from then on.
  */
 
 import { AiowtError, ConnectError, SessionClosed, UsageError, type CloseInfo } from "./errors.js";
@@ -61,11 +67,20 @@ export interface ReconnectingOptions extends ConnectOptions {
   maxAttempts?: number | null;
   /** Give up when the server closes the session with one of these codes. */
   giveUpCodes?: Iterable<number>;
+  /**
+   * In `"auto"`, after WebTransport failed and WebSocket worked, attempts go straight to
+   * WebSocket; every this-many-th attempt since tries WebTransport first again (default
+   * 10; 1 tries it every time, as `connect()` does).
+   */
+  retryWebTransportEvery?: number;
   /** Returns [0, 1): `Math.random` by default (tests inject their own). */
   random?: () => number;
   /** Waits `ms` milliseconds: `setTimeout` by default (tests inject their own). */
   sleep?: (ms: number) => Promise<void>;
 }
+
+/** While WebTransport is skipped, every this-many-th attempt tries it again. */
+export const DEFAULT_RETRY_WEBTRANSPORT_EVERY = 10;
 
 function defaultSleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
@@ -89,6 +104,13 @@ export class Reconnecting {
   sessionsOpened = 0;
   /** Connection attempts so far, successful or not. */
   attempts = 0;
+  /**
+   * True while attempts skip WebTransport (`"auto"` only): the last attempt that tried
+   * it saw it fail or time out, and WebSocket work.
+   */
+  skippingWebTransport = false;
+  /** Attempts every which one tries WebTransport again while `skippingWebTransport`. */
+  readonly retryWebTransportEvery: number;
   /** Why it gave up, once it has (null after `close()`). */
   error: Error | null = null;
   /** Resolves when it is done: with why it gave up, or null after `close()`. Never rejects. */
@@ -115,6 +137,11 @@ export class Reconnecting {
     this.initialDelayMs = initialDelayMs;
     this.maxDelayMs = maxDelayMs;
     this.maxAttempts = options.maxAttempts ?? null;
+    const every = options.retryWebTransportEvery ?? DEFAULT_RETRY_WEBTRANSPORT_EVERY;
+    if (!(Number.isInteger(every) && every >= 1)) {
+      throw new UsageError(`retryWebTransportEvery must be a whole number of at least 1, not ${every}`);
+    }
+    this.retryWebTransportEvery = every;
     this.giveUpCodes = new Set(options.giveUpCodes ?? []);
     this.stopped = new Promise((resolve) => (this.wake = resolve));
     this.changed = this.nextChange();
@@ -170,6 +197,9 @@ export class Reconnecting {
     const random = this.options.random ?? Math.random;
     const sleep = this.options.sleep ?? defaultSleep;
     let failures = 0;
+    const auto = (this.options.transport ?? "auto") === "auto";
+    // Attempts straight to WebSocket since WebTransport was last tried.
+    let skipped = 0;
     try {
       while (!this.closing) {
         if (this.maxAttempts !== null && this.attempts >= this.maxAttempts) {
@@ -178,8 +208,16 @@ export class Reconnecting {
         this.attempts++;
         let failure: Error;
         let session: Session;
+        const skip = auto && this.skippingWebTransport && skipped + 1 < this.retryWebTransportEvery;
+        if (skip) skipped++;
+        else skipped = 0;
         try {
-          session = await connect(this.url, this.options);
+          session = await connect(this.url, skip ? { ...this.options, transport: "websocket" } : this.options);
+          if (auto && !skip) {
+            // Remember (or forget) a WebTransport that failed while WebSocket worked.
+            this.skippingWebTransport =
+              session.transport === "websocket" && session.fallbackFrom.some((a) => a.transport === "webtransport");
+          }
         } catch (error) {
           // Bad options or no WebTransport: no retry can help.
           if (!(error instanceof ConnectError)) return asError(error);

@@ -4,6 +4,7 @@ import { CloseCode, closeCodeName } from "./codes.js";
 import {
   ConnectError,
   ConnectTimeout,
+  attemptTimedOut,
   WEBSOCKET_HINT,
   WEBTRANSPORT_HINT,
   type ConnectAttempt,
@@ -24,6 +25,7 @@ import {
 } from "./framing.js";
 import {
   WebSocketTransport,
+  type Schedule,
   type WebSocketConstructor,
   type WebSocketTransportOptions,
 } from "./websocket.js";
@@ -100,6 +102,11 @@ export interface ConnectOptions {
   WebTransport?: WebTransportConstructor;
   /** The `WebSocket` class; the browser's by default (tests inject a fake). */
   WebSocket?: WebSocketConstructor;
+  /**
+   * Runs the timers of `timeoutMs` and `fallbackAfterMs`: `setTimeout` by default (tests
+   * inject their own clock).
+   */
+  schedule?: Schedule;
   /** Options of the WebSocket transport (buffer bounds; tests inject a scheduler). */
   websocketOptions?: WebSocketTransportOptions;
   /** Passed to the browser as is (`congestionControl`, `requireUnreliable`, ...). */
@@ -166,10 +173,12 @@ function isWebSocketUrl(url: string): boolean {
  * longer than `fallbackAfterMs`). `session.transport` says which one it got.
  *
  * Throws `InvalidCertificateHash` or `UsageError` for bad options, `NotSupported`
- * when the transport(s) asked for are not available here, `ConnectTimeout` after
- * `timeoutMs` (one transport), and `ConnectError` when the browser refuses or fails the
- * session (it never tells why; the message says what was tried and what to check,
- * `error.attempts` lists each attempt's error).
+ * when the transport(s) asked for are not available here, `ConnectTimeout` when every
+ * attempt timed out (WebTransport not ready within `fallbackAfterMs`, then WebSocket not
+ * open within `timeoutMs`; or the one transport tried not within `timeoutMs`), and
+ * `ConnectError` when the browser refuses or fails an attempt (it never tells why; the
+ * message says what was tried and what to check). Both have `error.attempts`: each
+ * transport tried, with its error (a `TimeoutError` for an attempt that timed out).
  */
 export async function connect(url: string, options: ConnectOptions = {}): Promise<Session> {
   const hashes = (options.certificateHashes ?? []).map(parseCertificateHash);
@@ -212,21 +221,34 @@ export async function connect(url: string, options: ConnectOptions = {}): Promis
     if (choice === "websocket" || WT === undefined) throw error;
     return openWebTransport(WT, url, hashes, options, maxMessageSize, timeoutMs);
   }
-  const viaWebSocket = (attempts: ConnectAttempt[], before: string) =>
-    openWebSocket(WS, url, wsUrl, options, maxMessageSize, timeoutMs, attempts, before);
-  if (choice === "websocket" || wsUrlGiven) return viaWebSocket([], "");
-  if (WT === undefined) return viaWebSocket([], "WebTransport is not available here; WebSocket: ");
+  const viaWebSocket = (before: Before | null) =>
+    openWebSocket(WS, url, wsUrl, options, maxMessageSize, timeoutMs, before);
+  if (choice === "websocket" || wsUrlGiven) return viaWebSocket(null);
+  if (WT === undefined) {
+    return viaWebSocket({ attempts: [], text: "WebTransport is not available here; WebSocket: ", timedOut: true });
+  }
   // "auto": WebTransport for at most fallbackAfterMs, then WebSocket.
   const firstTimeout = Math.min(fallbackAfterMs, timeoutMs);
   try {
     return await openWebTransport(WT, url, hashes, options, maxMessageSize, firstTimeout);
   } catch (error) {
     if (!(error instanceof ConnectError)) throw error;
-    return viaWebSocket(
-      [{ transport: "webtransport", url, error }],
-      `WebTransport: ${error.detail}; then WebSocket (${wsUrl}): `,
-    );
+    return viaWebSocket({
+      attempts: error.attempts,
+      text: `WebTransport: ${error.detail}; then WebSocket (${wsUrl}): `,
+      timedOut: error instanceof ConnectTimeout,
+    });
   }
+}
+
+/** What happened before the WebSocket attempt of a `connect()`. */
+interface Before {
+  /** The attempts that failed (the WebTransport one), in order. */
+  readonly attempts: readonly ConnectAttempt[];
+  /** The start of the error's detail. */
+  readonly text: string;
+  /** True when no earlier attempt was refused or failed (only timeouts, or none made). */
+  readonly timedOut: boolean;
 }
 
 async function openWebTransport(
@@ -244,17 +266,24 @@ async function openWebTransport(
       value: value as unknown as BufferSource,
     }));
   }
+  const attempt = (error: unknown): ConnectAttempt[] => [
+    { transport: "webtransport", url, error: error instanceof Error ? error : new Error(String(error)) },
+  ];
   let transport: WebTransportLike;
   try {
     transport = new Transport(url, init);
   } catch (error) {
     // A bad URL (SyntaxError), or options the browser refuses (NotSupportedError).
-    throw new ConnectError(url, errorText(error), { cause: error });
+    throw new ConnectError(url, errorText(error), { cause: error, attempts: attempt(error) });
   }
-  await whenReady(transport, timeoutMs, {
-    timeout: () => new ConnectTimeout(url, timeoutMs),
+  await whenReady(transport, timeoutMs, options.schedule, {
+    timeout: () =>
+      new ConnectTimeout(url, timeoutMs, { attempts: attempt(attemptTimedOut("WebTransport session", timeoutMs)) }),
     failed: (error) =>
-      new ConnectError(url, `the session was refused or failed (${errorText(error)})`, { cause: error }),
+      new ConnectError(url, `the session was refused or failed (${errorText(error)})`, {
+        cause: error,
+        attempts: attempt(error),
+      }),
   });
   return new Session(transport, url, maxMessageSize, "webtransport");
 }
@@ -266,15 +295,16 @@ async function openWebSocket(
   options: ConnectOptions,
   maxMessageSize: number,
   timeoutMs: number,
-  attempts: ConnectAttempt[],
-  before: string,
+  before: Before | null,
 ): Promise<Session> {
+  const attempts = before?.attempts ?? [];
   const hint = attempts.length > 0 ? `${WEBTRANSPORT_HINT}. ${WEBSOCKET_HINT}` : WEBSOCKET_HINT;
   const failure = (error: Error, detail: string, timeout = false) => {
     const all = [...attempts, { transport: "websocket" as const, url: wsUrl, error }];
-    const text = `${before}${detail}`;
-    return timeout && attempts.length === 0
-      ? new ConnectTimeout(url, timeoutMs, { hint, attempts: all })
+    const text = `${before?.text ?? ""}${detail}`;
+    // Every attempt timed out: a ConnectTimeout (still a ConnectError).
+    return timeout && (before?.timedOut ?? true)
+      ? new ConnectTimeout(url, timeoutMs, { detail: text, cause: error, hint, attempts: all })
       : new ConnectError(url, text, { cause: error, hint, attempts: all });
   };
   let transport: WebSocketTransport;
@@ -284,25 +314,31 @@ async function openWebSocket(
     // A bad URL (SyntaxError).
     throw failure(error as Error, errorText(error));
   }
-  await whenReady(transport, timeoutMs, {
-    timeout: () => failure(new Error(`no WebSocket within ${timeoutMs} ms`), `no session within ${timeoutMs} ms`, true),
+  await whenReady(transport, timeoutMs, options.schedule, {
+    timeout: () => failure(attemptTimedOut("open WebSocket", timeoutMs), `no session within ${timeoutMs} ms`, true),
     failed: (error) => failure(error as Error, `the WebSocket was refused or failed (${errorText(error)})`),
   });
-  return new Session(transport, wsUrl, maxMessageSize, "websocket");
+  return new Session(transport, wsUrl, maxMessageSize, "websocket", attempts);
 }
 
 /** Wait for `transport.ready`, at most `timeoutMs`; close it and throw what `errors` make if not. */
 async function whenReady(
   transport: WebTransportLike,
   timeoutMs: number,
+  schedule: Schedule | undefined,
   errors: { timeout: () => Error; failed: (error: unknown) => Error },
 ): Promise<void> {
   // Both reject when the handshake fails; nobody may be listening then.
   transport.closed.catch(() => {});
   transport.ready.catch(() => {});
-  let timer: ReturnType<typeof setTimeout> | undefined;
+  let cancel: () => void = () => {};
   const timeout = new Promise<"timeout">((resolve) => {
-    timer = setTimeout(() => resolve("timeout"), timeoutMs);
+    if (schedule !== undefined) {
+      cancel = schedule(() => resolve("timeout"), timeoutMs);
+    } else {
+      const timer = setTimeout(() => resolve("timeout"), timeoutMs);
+      cancel = () => clearTimeout(timer);
+    }
   });
   let outcome: "ready" | "timeout";
   try {
@@ -311,7 +347,7 @@ async function whenReady(
     closeQuietly(transport);
     throw errors.failed(error);
   } finally {
-    clearTimeout(timer);
+    cancel();
   }
   if (outcome === "timeout") {
     closeQuietly(transport);
@@ -355,6 +391,11 @@ export class Session {
    * because the socket's send buffer was over its bound.
    */
   datagramsDropped = 0;
+  /**
+   * The attempts of `connect()` that failed before this session opened (in `"auto"`: the
+   * WebTransport attempt, when the session fell back to WebSocket); empty otherwise.
+   */
+  readonly fallbackFrom: readonly ConnectAttempt[];
   private info: CloseInfo | null = null;
   private closedLocally = false;
   private datagramWriter: WritableStreamDefaultWriter<Uint8Array> | null = null;
@@ -365,8 +406,10 @@ export class Session {
     url: string,
     maxMessageSize = DEFAULT_MAX_MESSAGE_SIZE,
     transport: TransportKind = connection instanceof WebSocketTransport ? "websocket" : "webtransport",
+    fallbackFrom: readonly ConnectAttempt[] = [],
   ) {
     this.connection = connection;
+    this.fallbackFrom = fallbackFrom;
     this.transport = transport;
     this.url = url;
     this.maxMessageSize = maxMessageSize;
@@ -379,6 +422,15 @@ export class Session {
   private ended(code: number, reason: string, byPeer?: boolean): CloseInfo {
     this.info ??= { code, reason, name: closeCodeName(code), byPeer: byPeer ?? !this.closedLocally };
     return this.info;
+  }
+
+  /**
+   * Datagrams from the server dropped on arrival because the ones before them were not
+   * read yet (over WebSocket: more than 256 waiting, `INCOMING_DATAGRAM_QUEUE`). Always
+   * 0 over WebTransport, where the browser drops them without a count.
+   */
+  get datagramsDroppedIn(): number {
+    return (this.connection as { datagramsDroppedIn?: number }).datagramsDroppedIn ?? 0;
   }
 
   /** How the session ended, once it has; null while it is open. */

@@ -11,6 +11,10 @@
  *   with the server's rule (when less than half the window is left, top it up to a
  *   full window past what was received). STOP is answered with RESET; a finished
  *   writable sends STREAM_FIN, an aborted one RESET; a cancelled readable sends STOP.
+ *   At most `maxIncomingStreams` (256) server-opened streams of each kind are open at
+ *   once (until both its directions are finished, reset or stopped); the server's next
+ *   one is refused with STOP (and RESET, if bidirectional) `REFUSED`, as the server does
+ *   (`MuxLimits.max_streams`), and the session goes on.
  * - datagrams: at most 16 KiB; dropped (`trySendDatagram` returns false) when the
  *   socket's `bufferedAmount` is over `sendBufferBound` (256 KiB), never queued here.
  * - close: CLOSE (32-bit code, reason of at most 1024 bytes of UTF-8), then
@@ -19,7 +23,8 @@
  *   closes the session with `PROTOCOL_ERROR`.
  */
 
-import { CloseCode } from "./codes.js";
+import { CloseCode, StreamErrorCode } from "./codes.js";
+import { UsageError } from "./errors.js";
 import {
   MAX_CHUNK,
   MAX_DATAGRAM,
@@ -47,6 +52,8 @@ export const DEFAULT_SEND_BUFFER_BOUND = 256 * 1024;
 export const DEFAULT_POLL_MS = 5;
 /** Datagrams from the server kept until read; more are dropped (as WebTransport does). */
 export const INCOMING_DATAGRAM_QUEUE = 256;
+/** Server-opened streams of each kind open at once; more are refused (the server's `MuxLimits.max_streams`). */
+export const DEFAULT_MAX_INCOMING_STREAMS = 256;
 
 const OPEN = 1;
 
@@ -72,6 +79,11 @@ export interface WebSocketTransportOptions {
   pollMs?: number;
   /** `setTimeout` by default. */
   schedule?: Schedule;
+  /**
+   * Streams the server may have open at once, per kind (bidirectional, unidirectional);
+   * its next one is refused with STOP (and RESET) `REFUSED` (default 256).
+   */
+  maxIncomingStreams?: number;
 }
 
 /** What a stream's readable or writable fails with: like a `WebTransportError`. */
@@ -150,6 +162,10 @@ export class WebSocketTransport implements WebTransportLike {
   readonly sendBufferBound: number;
   /** Datagrams from the server dropped because nobody read the earlier ones. */
   datagramsDroppedIn = 0;
+  /** Streams the server may have open at once, per kind. */
+  readonly maxIncomingStreams: number;
+  /** Server-opened streams refused so far, past `maxIncomingStreams`. */
+  incomingStreamsRefused = 0;
   /** True once the server sent DRAIN (it will close soon). */
   draining = false;
   /** True once the session ended (CLOSE either way, a protocol error, or the socket ended). */
@@ -165,6 +181,8 @@ export class WebSocketTransport implements WebTransportLike {
   private readonly ready_: number[] = [];
   private readonly nextLocal = { bidi: 0, uni: 2 };
   private readonly peerNext = { bidi: 1, uni: 3 };
+  /** Server-opened streams open now (not forgotten yet), per kind. */
+  private readonly peerOpen = { bidi: 0, uni: 0 };
   private datagramController!: ReadableStreamDefaultController<Uint8Array>;
   private bidiController!: ReadableStreamDefaultController<BidirectionalStreamLike>;
   private uniController!: ReadableStreamDefaultController<ReadableStream<Uint8Array>>;
@@ -174,6 +192,11 @@ export class WebSocketTransport implements WebTransportLike {
     this.sendBufferBound = options.sendBufferBound ?? DEFAULT_SEND_BUFFER_BOUND;
     this.pollMs = options.pollMs ?? DEFAULT_POLL_MS;
     this.schedule = options.schedule ?? defaultSchedule;
+    const maxIncoming = options.maxIncomingStreams ?? DEFAULT_MAX_INCOMING_STREAMS;
+    if (!Number.isInteger(maxIncoming) || maxIncoming < 0) {
+      throw new UsageError(`maxIncomingStreams must be a whole number of at least 0, not ${maxIncoming}`);
+    }
+    this.maxIncomingStreams = maxIncoming;
     this.ready = this.readyD.promise;
     this.closed = this.closedD.promise;
     this.ready.catch(() => {});
@@ -462,7 +485,11 @@ export class WebSocketTransport implements WebTransportLike {
   }
 
   private forgetIfDone(state: StreamState): void {
-    if (state.sending === null && state.receiving === null) this.streams.delete(state.id);
+    if (state.sending !== null || state.receiving !== null) return;
+    // A server-opened stream done both ways frees its place (once: delete says if it was there).
+    if (this.streams.delete(state.id) && isServerInitiated(state.id)) {
+      this.peerOpen[isUnidirectional(state.id) ? "uni" : "bidi"]--;
+    }
   }
 
   // --- receiving -------------------------------------------------------------------------
@@ -559,8 +586,16 @@ export class WebSocketTransport implements WebTransportLike {
     if (!isServerInitiated(id)) return null; // ours, already forgotten
     const uni = isUnidirectional(id);
     const kind = uni ? "uni" : "bidi";
-    if (id < this.peerNext[kind]) return null; // already forgotten
+    if (id < this.peerNext[kind]) return null; // already forgotten, or refused
     this.peerNext[kind] = id + 4;
+    if (this.peerOpen[kind] >= this.maxIncomingStreams) {
+      // Too many open at once: refused, as the server refuses ours; the session goes on.
+      this.incomingStreamsRefused++;
+      this.send(encodeCodedFrame(MuxFrameType.STOP, id, StreamErrorCode.REFUSED));
+      if (!uni) this.send(encodeCodedFrame(MuxFrameType.RESET, id, StreamErrorCode.REFUSED));
+      return null;
+    }
+    this.peerOpen[kind]++;
     const state = this.newStream(id, !uni, true);
     const readable = this.readableOf(state);
     if (uni) this.uniController.enqueue(readable);

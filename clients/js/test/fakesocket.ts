@@ -100,9 +100,12 @@ export function fakeWebSocket(...script: SocketBehaviour[]): {
 /** A `Schedule` whose callbacks run when the test says. */
 export class ManualScheduler {
   private pending: { callback: () => void; ms: number }[] = [];
+  /** The delay of every callback scheduled so far, in order. */
+  readonly delays: number[] = [];
   readonly schedule: Schedule = (callback, ms) => {
     const entry = { callback, ms };
     this.pending.push(entry);
+    this.delays.push(ms);
     return () => {
       this.pending = this.pending.filter((e) => e !== entry);
     };

@@ -3,14 +3,19 @@ import { describe, test } from "node:test";
 
 import {
   CloseCode,
+  DEFAULT_MAX_INCOMING_STREAMS,
   FrameDecoder,
+  INCOMING_DATAGRAM_QUEUE,
   MAX_CHUNK,
   MessageReader,
   MessageStream,
   MuxFrameType,
   STREAM_WINDOW,
   SessionClosed,
+  StreamErrorCode,
   StreamReset,
+  UsageError,
+  WebSocketTransport,
   connect,
   decodeCode,
   decodeReason,
@@ -331,5 +336,172 @@ describe("how a session over WebSocket ends", () => {
     socket.receive(encodeMuxFrame(MuxFrameType.DRAIN));
     assert.equal((session.connection as { draining?: boolean }).draining, true);
     assert.equal(session.isClosed, false);
+  });
+});
+
+describe("streams the server opens past maxIncomingStreams", () => {
+  async function openWith(maxIncomingStreams?: number) {
+    const fake = fakeWebSocket("open");
+    const timers = new ManualScheduler();
+    const session = await connect(URL, {
+      transport: "websocket",
+      WebSocket: fake.WebSocket,
+      websocketOptions: { schedule: timers.schedule, maxIncomingStreams },
+    });
+    const socket = fake.instances[0]!;
+    const connection = session.connection as WebSocketTransport;
+    const uni = connection.incomingUnidirectionalStreams.getReader();
+    const bidi = connection.incomingBidirectionalStreams.getReader();
+    return { session, socket, connection, uni, bidi };
+  }
+
+  /** The STOP and RESET frames sent since the last look: [type, id, code] each. */
+  function refusals(socket: FakeSocket): [number, number, number][] {
+    return socket
+      .take()
+      .filter((f) => f.type === MuxFrameType.STOP || f.type === MuxFrameType.RESET)
+      .map((f) => [f.type, f.id, decodeCode(f.payload)]);
+  }
+
+  const REFUSED = StreamErrorCode.REFUSED;
+
+  test("the default is 256 of each kind open at once: the 257th is refused, the session goes on", async () => {
+    const { session, socket, connection } = await openWith();
+    assert.equal(connection.maxIncomingStreams, DEFAULT_MAX_INCOMING_STREAMS);
+    assert.equal(DEFAULT_MAX_INCOMING_STREAMS, 256);
+    for (let i = 0; i < 256; i++) serverSends(socket, 3 + 4 * i, encodeFrame(i));
+    for (let i = 0; i < 256; i++) serverSends(socket, 1 + 4 * i, encodeFrame(i));
+    assert.deepEqual(refusals(socket), []);
+    serverSends(socket, 3 + 4 * 256, encodeFrame("one too many"));
+    serverSends(socket, 1 + 4 * 256, encodeFrame("one too many"));
+    assert.deepEqual(refusals(socket), [
+      [MuxFrameType.STOP, 3 + 4 * 256, REFUSED],
+      [MuxFrameType.STOP, 1 + 4 * 256, REFUSED],
+      [MuxFrameType.RESET, 1 + 4 * 256, REFUSED],
+    ]);
+    assert.equal(connection.incomingStreamsRefused, 2);
+    assert.equal(session.isClosed, false);
+  });
+
+  test("unidirectional: STOP REFUSED only; late frames on a refused id are dropped", async () => {
+    const { session, socket, connection, uni } = await openWith(2);
+    serverSends(socket, 3, encodeFrame("a"));
+    serverSends(socket, 7, encodeFrame("b"));
+    serverSends(socket, 11, encodeFrame("refused"));
+    assert.deepEqual(refusals(socket), [[MuxFrameType.STOP, 11, REFUSED]]);
+    serverSends(socket, 11, encodeFrame("late"), true);
+    socket.receive(encodeCodedFrame(MuxFrameType.RESET, 11, REFUSED));
+    assert.deepEqual(socket.take(), [], "nothing more said about stream 11");
+    assert.equal(session.isClosed, false);
+    // Only the two accepted streams arrived, and they still work.
+    const first = new MessageReader(session, (await uni.read()).value!);
+    const second = new MessageReader(session, (await uni.read()).value!);
+    serverSends(socket, 3, encodeFrame("a2"), true);
+    const got: unknown[] = [];
+    for await (const message of first.messages()) got.push(message);
+    assert.deepEqual(got, ["a", "a2"]);
+    assert.equal(connection.incomingStreamsRefused, 1);
+    void second;
+  });
+
+  test("a finished, reset or stopped stream frees its place", async () => {
+    const { session, socket, uni } = await openWith(2);
+    serverSends(socket, 3, encodeFrame("a"));
+    serverSends(socket, 7, encodeFrame("b"));
+    const r3 = (await uni.read()).value!;
+    const r7 = (await uni.read()).value!;
+    // Finished (STREAM_FIN): stream 11 takes its place.
+    serverSends(socket, 3, new Uint8Array(0), true);
+    serverSends(socket, 11, encodeFrame("c"));
+    assert.deepEqual(refusals(socket), []);
+    const r11 = (await uni.read()).value!;
+    serverSends(socket, 15, encodeFrame("full again"));
+    assert.deepEqual(refusals(socket), [[MuxFrameType.STOP, 15, REFUSED]]);
+    // Reset by the server: stream 19 takes its place.
+    socket.receive(encodeCodedFrame(MuxFrameType.RESET, 7, 0));
+    serverSends(socket, 19, encodeFrame("d"));
+    assert.deepEqual(refusals(socket), []);
+    await (await uni.read()).value!.cancel().catch(() => {}); // 19: stopped by this side
+    assert.deepEqual(refusals(socket), [[MuxFrameType.STOP, 19, 0]]);
+    serverSends(socket, 23, encodeFrame("e"));
+    assert.deepEqual(refusals(socket), []);
+    // Stopped by this side: stream 11 too.
+    await r11.cancel();
+    socket.take();
+    serverSends(socket, 27, encodeFrame("f"));
+    assert.deepEqual(refusals(socket), []);
+    serverSends(socket, 31, encodeFrame("full"));
+    assert.deepEqual(refusals(socket), [[MuxFrameType.STOP, 31, REFUSED]]);
+    // A stream done twice over frees one place, not two.
+    socket.receive(encodeCodedFrame(MuxFrameType.RESET, 23, 0));
+    socket.receive(encodeCodedFrame(MuxFrameType.RESET, 23, 0));
+    serverSends(socket, 35, encodeFrame("g"));
+    serverSends(socket, 39, encodeFrame("h"));
+    assert.deepEqual(refusals(socket), [[MuxFrameType.STOP, 39, REFUSED]]);
+    assert.equal(session.isClosed, false);
+    void r3;
+    void r7;
+  });
+
+  test("bidirectional: STOP and RESET REFUSED; a place is freed once both directions are done", async () => {
+    const { session, socket, bidi } = await openWith(1);
+    serverSends(socket, 1, encodeFrame("question"));
+    const first = new MessageStream(session, ...pair((await bidi.read()).value!));
+    serverSends(socket, 5, encodeFrame("refused"));
+    assert.deepEqual(refusals(socket), [
+      [MuxFrameType.STOP, 5, REFUSED],
+      [MuxFrameType.RESET, 5, REFUSED],
+    ]);
+    // The server finished its side; ours is still open: the place is still taken.
+    serverSends(socket, 1, new Uint8Array(0), true);
+    serverSends(socket, 9, encodeFrame("still refused"));
+    assert.deepEqual(refusals(socket), [
+      [MuxFrameType.STOP, 9, REFUSED],
+      [MuxFrameType.RESET, 9, REFUSED],
+    ]);
+    await first.send("answer");
+    await first.close();
+    socket.take();
+    serverSends(socket, 13, encodeFrame("accepted"));
+    assert.deepEqual(refusals(socket), []);
+    const second = (await bidi.read()).value!;
+    assert.ok(second.writable instanceof WritableStream);
+    assert.equal(session.isClosed, false);
+  });
+
+  test("maxIncomingStreams 0 refuses every stream; a bad value is a UsageError", async () => {
+    const { socket } = await openWith(0);
+    serverSends(socket, 3, encodeFrame("no"));
+    assert.deepEqual(refusals(socket), [[MuxFrameType.STOP, 3, REFUSED]]);
+    for (const bad of [-1, 1.5, Number.NaN]) {
+      assert.throws(() => new WebSocketTransport(new FakeSocket("ws://h/"), { maxIncomingStreams: bad }), UsageError);
+    }
+  });
+});
+
+function pair(stream: { readable: ReadableStream<Uint8Array>; writable: WritableStream<Uint8Array> }) {
+  return [stream.readable, stream.writable] as const;
+}
+
+describe("incoming datagrams over WebSocket", () => {
+  test("at most 256 wait unread; the rest are dropped and counted in session.datagramsDroppedIn", async () => {
+    const { session, socket } = await open();
+    assert.equal(session.datagramsDroppedIn, 0);
+    for (let i = 0; i < 300; i++) socket.receive(encodeMuxFrame(MuxFrameType.DATAGRAM, 0, encodeMessage(i)));
+    assert.equal(session.datagramsDroppedIn, 300 - INCOMING_DATAGRAM_QUEUE);
+    assert.equal(session.datagramsDroppedIn, (session.connection as WebSocketTransport).datagramsDroppedIn);
+    const got: unknown[] = [];
+    for await (const datagram of session.datagrams()) {
+      got.push(datagram);
+      if (got.length === INCOMING_DATAGRAM_QUEUE) break;
+    }
+    assert.deepEqual(got, Array.from({ length: INCOMING_DATAGRAM_QUEUE }, (_, i) => i));
+    // Read: there is room again.
+    socket.receive(encodeMuxFrame(MuxFrameType.DATAGRAM, 0, encodeMessage("after")));
+    assert.equal(session.datagramsDroppedIn, 300 - INCOMING_DATAGRAM_QUEUE);
+    for await (const datagram of session.datagrams()) {
+      assert.equal(datagram, "after");
+      break;
+    }
   });
 });
