@@ -48,3 +48,26 @@ export async function report() {
   await fetch("/result", {method: "POST", body: JSON.stringify(result, (key, value) =>
     value instanceof Uint8Array ? Array.from(value) : value)});
 }
+
+// Steps both pages run the same way, over whichever transport their session has.
+
+export async function incomingRoundTrip(session) {
+  const writer = await session.openUnidirectionalStream();
+  await writer.send({uni: 1});
+  await writer.send("two");
+  await writer.close();
+  const [reader] = await collect(session.incomingStreams(), 1);
+  return {kind: reader.kind, messages: await collect(reader.messages())};
+}
+
+export async function closeFromClient(session, SessionClosed) {
+  session.close(4000, "client done ✓");
+  const info = await session.closed;
+  let after = null;
+  try {
+    await session.openStream();
+  } catch (error) {
+    after = {name: error.name, isSessionClosed: error instanceof SessionClosed};
+  }
+  return {...info, after};
+}
