@@ -205,6 +205,13 @@ class Server:
         return self._listener.address
 
     @property
+    def websocket_listener(self) -> WebSocketListener:
+        """The WebSocket listener (its `connections`); `UsageError` when not listening."""
+        if self._websocket_listener is None:
+            raise UsageError("the server is not listening for WebSocket")
+        return self._websocket_listener
+
+    @property
     def websocket_address(self) -> tuple[str, int]:
         """The WebSocket listener's (host, port); `UsageError` when it is not listening."""
         if self._websocket_listener is None:

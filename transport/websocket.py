@@ -167,6 +167,8 @@ class WebSocketConnection(asyncio.Protocol):
         """Client side: the session once the server answered 101 (or the refusal)."""
         self.client_request: ConnectRequest | None = None
         self.peer_address: tuple[str, int] = ("", 0)
+        self.on_made: Callable[[WebSocketConnection], None] = lambda connection: None
+        """Called when the socket is up (after TLS), before anything is read."""
 
     def __repr__(self) -> str:
         return f"<WebSocketConnection {self.peer_address} {self.mux!r}>"
@@ -177,6 +179,7 @@ class WebSocketConnection(asyncio.Protocol):
         self._transport.set_write_buffer_limits(high=_WRITE_HIGH)
         peer = transport.get_extra_info("peername") or ("", 0)
         self.peer_address = (str(peer[0]), int(peer[1]))
+        self.on_made(self)
         if not self.is_client:
             # A socket that never sends its upgrade request holds nothing for long.
             self._request_timer = asyncio.get_running_loop().call_later(
@@ -284,6 +287,11 @@ class WebSocketConnection(asyncio.Protocol):
                 transport.write(data)
             elif transport.can_write_eof():
                 transport.write_eof()
+            else:
+                # TLS cannot half-close: the end of our side is the end of the socket
+                # (the peer waits for it before closing its own).
+                transport.close()
+                break
         if self.ws.close_expected() and self._close_timer is None:
             loop = asyncio.get_running_loop()
             self._close_timer = loop.call_later(_CLOSE_TIMEOUT, transport.abort)
@@ -471,7 +479,9 @@ async def listen_websocket(
             mux_limits=mux_limits,
             idle_timeout=idle_timeout,
         )
-        connections.add(connection)
+        # Listed once its socket is up: a TLS handshake that fails never gets that far,
+        # and must leave nothing behind.
+        connection.on_made = connections.add
         connection.closed.add_done_callback(lambda _: connections.discard(connection))
         return connection
 

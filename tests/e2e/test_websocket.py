@@ -27,6 +27,7 @@ from aiowt.transport import (
     CloseCode,
     ConnectionLimits,
     HandshakeError,
+    Reconnecting,
     Session,
     UsageError,
     connect,
@@ -187,6 +188,8 @@ async def test_the_certificate_is_checked_and_plain_ws_needs_no_tls(
     server = await make_server(echo_routes, websocket=True, websocket_port=0)
     with pytest.raises(HandshakeError, match=r"not trusted .*cert_hash="):
         await ws_client(server, "/echo", certificate, cert_hash=None)
+    # A TLS handshake that failed left nothing behind on the server.
+    assert not server.websocket_listener.connections
     with pytest.raises(HandshakeError, match=r"does not match the pinned SHA-256"):
         await ws_client(server, "/echo", certificate, cert_hash=b"\0" * 32)
     plain = await make_server(echo_routes, websocket=True, websocket_port=0, websocket_tls=False)
@@ -269,7 +272,9 @@ async def test_a_bad_frame_closes_its_session_with_a_typed_code_and_spares_other
         info = await ends.get()
         assert info.code == code
         assert not info.by_peer
-        await raw.wait_closed()
+        # The server ends the socket itself (over TLS, which cannot half-close), not
+        # after the closing WebSocket's 5 s timeout.
+        await asyncio.wait_for(raw.wait_closed(), 2.5)
     stream = bystander.open_stream()
     stream.send_message("unharmed")
     async with bounded(10):
@@ -369,3 +374,33 @@ async def test_a_quiet_session_whose_peer_answers_pings_stays(
     async with bounded():
         assert await session.receive_datagram() == b"still"
     await session.aclose()
+
+
+async def test_reconnecting_over_websocket_comes_back_after_a_server_close(
+    make_server: ServerFactory, certificate: SelfSignedCertificate
+) -> None:
+    server = await make_server(echo_routes, websocket=True, websocket_port=0)
+    host, port = server.websocket_address
+    opened: asyncio.Queue[Session] = asyncio.Queue()
+
+    async def on_session(session: Session) -> None:
+        opened.put_nowait(session)
+
+    client = Reconnecting(
+        f"wss://{host}:{port}/echo",
+        cert_hash=certificate.sha256,
+        on_session=on_session,
+        initial_delay=0.05,
+        max_delay=0.2,
+    )
+    async with client, bounded(20):
+        one = await opened.get()
+        assert one.request.transport == "websocket"
+        server.sessions[0].close(CloseCode.GOING_AWAY, "moving")
+        two = await opened.get()
+        assert two is not one
+        assert two.request.transport == "websocket"
+        stream = two.open_stream()
+        stream.send_message("back")
+        assert await stream.receive_message() == "back"
+    assert client.sessions_opened == 2
