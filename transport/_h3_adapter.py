@@ -251,6 +251,8 @@ class H3Adapter:
         self._discarded: set[int] = set()
         self._settings_seen = False
         self._started = False
+        self._broken = False
+        """The library raised even while closing: this connection is given up locally."""
         """aioquic has no timer to answer for until the first packet goes either way."""
         self.host_cid: bytes = quic.host_cid
 
@@ -284,6 +286,8 @@ class H3Adapter:
         self._pump()
 
     def receive_datagram(self, data: bytes, addr: Address, now: float) -> None:
+        if self._broken:
+            return
         self._started = True
         try:
             self._quic.receive_datagram(data, addr, now)
@@ -292,16 +296,30 @@ class H3Adapter:
         self._pump()
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Address]]:
-        sent: list[tuple[bytes, Address]] = self._quic.datagrams_to_send(now=now)
+        if self._broken:
+            return []
+        try:
+            sent: list[tuple[bytes, Address]] = self._quic.datagrams_to_send(now=now)
+        except Exception as exc:
+            # Seen from qh3 2.1 under loss and reordering ("reserved stream is missing"):
+            # close, and send the close if the library still can.
+            self._fail(exc)
+            try:
+                sent = self._quic.datagrams_to_send(now=now)
+            except Exception:
+                self._give_up(exc)
+                return []
         return sent
 
     def get_timer(self) -> float | None:
-        if not self._started:
+        if not self._started or self._broken:
             return None
         timer: float | None = self._quic.get_timer()
         return timer
 
     def handle_timer(self, now: float) -> None:
+        if self._broken:
+            return
         try:
             self._quic.handle_timer(now)
         except Exception as exc:
@@ -314,6 +332,12 @@ class H3Adapter:
         log.warning("QUIC engine error: connection closed", engine=self.name, error=repr(exc))
         with contextlib.suppress(Exception):
             self._quic.close(error_code=_INTERNAL_ERROR, reason_phrase=f"{self.name}: {exc}")
+
+    def _give_up(self, exc: Exception) -> None:
+        """The library cannot even send its close: end the connection here (its sessions
+        end ABORTED, named); the peer times out."""
+        self._broken = True
+        self._events.append(Terminated(_INTERNAL_ERROR, f"{self.name}: {exc}"))
 
     def next_event(self) -> EngineEvent | None:
         return self._events.popleft() if self._events else None

@@ -111,6 +111,7 @@ class WebTransportProtocol(asyncio.DatagramProtocol):
         if transport is not None:
             for data, addr in datagrams:
                 transport.sendto(data, addr)
+        self._dispatch()
         self._arm_timer()
 
     def _transmit_soon(self) -> None:

@@ -217,6 +217,8 @@ class WebTransportConnection(StreamBookkeeping):
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, e.Address]]:
         self._now = now
         datagrams = self.engine.datagrams_to_send(now)
+        # Sending can end the connection too (an engine that fails while sending).
+        self._process()
         if self._drain_watch:
             self._check_drain()
         if self._progress:

@@ -6,7 +6,10 @@ the two engines (the client's engine first in each id).
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from structlog.testing import capture_logs
 
 from aiowt.transport import events
 from aiowt.transport.codes import CloseCode
@@ -257,3 +260,41 @@ def test_the_peer_abandoning_the_connection_ends_its_sessions(wire: Wire) -> Non
     assert closed.info.code == CloseCode.ABORTED
     assert closed.info.reason == "gone"
     assert wire.served.sessions == {}
+
+
+class _Raising:
+    """Stands in for the library's connection: `datagrams_to_send` raises `times` times,
+    everything else is the real one's."""
+
+    def __init__(self, quic: Any, times: int) -> None:
+        self._quic = quic
+        self.times = times
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._quic, name)
+
+    def datagrams_to_send(self, now: float) -> Any:
+        if self.times:
+            self.times -= 1
+            raise ValueError("reserved stream is missing")
+        return self._quic.datagrams_to_send(now=now)
+
+
+@pytest.mark.parametrize("times", [1, 1_000_000], ids=["once", "for good"])
+def test_a_library_that_raises_while_sending_ends_only_its_connection(
+    wire: Wire, times: int
+) -> None:
+    _client, _server, seen = open_pair(wire)
+    adapter = wire.served.engine
+    adapter._quic = _Raising(adapter._quic, times)  # type: ignore[attr-defined]
+    with capture_logs() as logs:
+        wire.exchange()  # nothing escapes from the send
+        for _ in range(10):
+            if wire.served.is_closed:
+                break
+            wire.advance(1.0)
+    assert wire.served.is_closed
+    closed = seen[-1]
+    assert isinstance(closed, events.SessionClosed)
+    assert "reserved stream is missing" in closed.info.reason
+    assert [entry["event"] for entry in logs] == ["QUIC engine error: connection closed"]
