@@ -301,7 +301,7 @@ class H3Adapter:
         try:
             sent: list[tuple[bytes, Address]] = self._quic.datagrams_to_send(now=now)
         except Exception as exc:
-            # Seen from qh3 2.1 under loss and reordering ("reserved stream is missing"):
+            # qh3 2.1 under loss ("reserved stream is missing", docs/engines.md):
             # close, and send the close if the library still can.
             self._fail(exc)
             try:

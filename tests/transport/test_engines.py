@@ -114,8 +114,9 @@ def test_a_client_with_empty_connection_ids_reaches_aioquic_but_not_qh3(
 def test_a_library_exception_closes_only_its_connection(
     engine: str, certificate: SelfSignedCertificate, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """qh3 2.1 was seen raising ValueError("reserved stream is missing") out of
-    `receive_datagram` under loss and reordering: it ends that connection, named."""
+    """A library that raises out of `receive_datagram` ends only that connection, named.
+    (qh3 2.1's "reserved stream is missing" comes out of `datagrams_to_send`, which
+    `test_a_library_that_raises_while_sending_ends_only_its_connection` covers.)"""
     wire = Wire("aioquic", engine, certificate)
     client_session, server_session, seen = open_pair(wire)
 
