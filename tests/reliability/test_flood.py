@@ -50,9 +50,12 @@ REQUESTS = scaled(300, 2_000)
 REPETITIONS = 7
 FLOOR = 0.005
 """Seconds: the unloaded p99 is taken as at least this before the 2x comparison."""
-RATE, BURST, DEPTH = (15_000.0 if default_engine() == "qh3" else 5_000.0), 500, 8
+RATE, BURST, DEPTH = (10_000.0 if default_engine() == "qh3" else 5_000.0), 500, 8
 """The bucket is above the good peer's own rate (one message per round trip, unloaded
-here: ~3,000/s on aioquic, ~6,500/s on qh3), which it must never meet."""
+here: ~3,000/s on aioquic, ~6,500/s on qh3), which it must never meet, and no higher than
+that needs: the flood is three times the bucket, and at 45,000 datagrams/s (a 15,000/s
+bucket on qh3) the server's intake, not the bucket, set the good peer's p99 (medians of
+1-15 ms, one run in six over the bound). At 30,000/s its medians are 1.5-2 ms."""
 FLOOD_SECONDS = 60.0
 """The flooder's own limit; the test stops it much sooner."""
 FLOOD_RATE = 3 * RATE
